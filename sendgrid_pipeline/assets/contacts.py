@@ -1,0 +1,127 @@
+"""sendgrid_contacts: each destination's contacts, mapped, normalized, validated, deduplicated."""
+
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import polars as pl
+from dagster_pandas import PandasColumn, create_dagster_pandas_dataframe_type
+from dagster_pandas.data_frame import create_table_schema_metadata_from_dataframe
+
+from sendgrid_pipeline.assets.common import GROUP, OWNERS, markdown_table, per_partition_metadata
+from sendgrid_pipeline.checks import CAP_CHECK, EMAIL_CHECK, SendGridContactsType
+from sendgrid_pipeline.checks import contact_check_results
+from sendgrid_pipeline.config import SENDGRID_FIELD_MAX_LENGTH, PipelineConfig
+from sendgrid_pipeline.privacy import mask_email_expr
+from sendgrid_pipeline.transform import destination_contacts
+
+REJECTION_REASONS = [
+    "missing_email",
+    "invalid_email",
+    "email_too_long",
+    "duplicate_email",
+    *(f"{f}_too_long" for f, limit in SENDGRID_FIELD_MAX_LENGTH.items() if f != "email" and limit),
+]
+
+# The rejected-rows report is a pandas-facing artifact (analysts open it in pandas/Excel):
+# dagster-pandas validates its contract before it is written.
+RejectedRowsReport = create_dagster_pandas_dataframe_type(
+    name="RejectedRowsReport",
+    description="Rows a destination cannot send, each with a reason code.",
+    columns=[
+        PandasColumn.string_column("destination", non_nullable=True),
+        PandasColumn.string_column("customer_id", non_nullable=True),
+        PandasColumn.categorical_column("reason", categories=set(REJECTION_REASONS)),
+    ],
+)
+
+
+def reports_dir(config: PipelineConfig) -> Path:
+    return config.data_dir / "reports" / "rejected"
+
+
+def write_rejected_report(path: Path, rejected: pl.DataFrame) -> pd.DataFrame:
+    """Validate the report with its dagster-pandas type and write it as CSV."""
+    report = pd.DataFrame(rejected.to_dict(as_series=False))
+    check = RejectedRowsReport.type_check(None, report)
+    if not check.success:
+        raise ValueError(f"rejected-rows report violates its contract: {check.description}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report.to_csv(path, index=False)
+    return report
+
+
+def build_contacts_asset(
+    config: PipelineConfig, partitions: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="sendgrid_contacts",
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds={"polars", "sendgrid"},
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        dagster_type=SendGridContactsType,
+        check_specs=[
+            dg.AssetCheckSpec(
+                EMAIL_CHECK,
+                asset="sendgrid_contacts",
+                blocking=True,
+                description="Every email is present, valid, lowercase and unique (Pandera).",
+            ),
+            dg.AssetCheckSpec(
+                CAP_CHECK,
+                asset="sendgrid_contacts",
+                blocking=True,
+                description="At most profile_cap contacts per destination (default 100,000); "
+                "a failure stops the sync before anything is sent.",
+            ),
+        ],
+        description="Per destination: the union of its segments, mapped to SendGrid fields, "
+        "normalized (trimmed, lowercase emails), validated against SendGrid's limits and "
+        "deduplicated by email (the smallest customer_id wins). Rows that cannot be sent are "
+        "written to a rejected-rows report with a reason, never dropped silently.",
+    )
+    def sendgrid_contacts(
+        context: dg.AssetExecutionContext,
+        unified_profiles: pl.DataFrame,
+        segment_membership: pl.DataFrame,
+    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
+        accepted_frames = []
+        per_destination = {}
+        caps = {}
+        for key in context.partition_keys:
+            destination = config.destination(key)
+            result = destination_contacts(unified_profiles, segment_membership, destination)
+            accepted_frames.append(result.accepted)
+            caps[key] = destination.profile_cap
+            report_path = reports_dir(config) / f"{key}.csv"
+            report = write_rejected_report(report_path, result.rejected)
+            by_reason = dict(result.rejected.group_by("reason").len().iter_rows())
+            masked = result.rejected.head(20).with_columns(mask_email_expr("email"))
+            context.log.info(
+                "%s: %d profiles in segments, %d contacts, %d rejected %s",
+                key,
+                result.profiles_in_segments,
+                result.accepted.height,
+                result.rejected.height,
+                by_reason or "",
+            )
+            per_destination[key] = {
+                "profiles_in_segments": result.profiles_in_segments,
+                "contacts": result.accepted.height,
+                "rejected": result.rejected.height,
+                **{f"rejected_{r}": int(by_reason.get(r, 0)) for r in REJECTION_REASONS},
+                "profile_cap": destination.profile_cap,
+                "rejected_sample (masked)": markdown_table(masked),
+                "rejected_report": dg.MetadataValue.path(str(report_path)),
+                "rejected_report_schema": create_table_schema_metadata_from_dataframe(report),
+            }
+        accepted = pl.concat(accepted_frames, how="diagonal_relaxed")
+        metadata = per_partition_metadata(context, per_destination)
+        yield dg.Output(accepted, metadata={"dagster/row_count": accepted.height, **metadata})
+        yield from contact_check_results(accepted, caps)
+
+    return sendgrid_contacts

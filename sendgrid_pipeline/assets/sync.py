@@ -1,0 +1,166 @@
+"""sendgrid_list_sync: make each destination's SendGrid list hold exactly its contacts."""
+
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from sendgrid_pipeline.assets.common import (
+    ALLOW_MASS_REMOVAL_TAG,
+    DRY_RUN_TAG,
+    GROUP,
+    OWNERS,
+    markdown_table,
+    per_partition_metadata,
+    tag_is_true,
+)
+from sendgrid_pipeline.config import Destination, PipelineConfig
+from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError
+from sendgrid_pipeline.sendgrid.resource import SendGridResource
+from sendgrid_pipeline.state import SyncStateResource
+from sendgrid_pipeline.sync.apply import (
+    DestinationSync,
+    SyncOptions,
+    SyncRefused,
+    SyncReport,
+    masked_rejections,
+)
+from sendgrid_pipeline.transform import contact_json
+
+SENDGRID_LIST_URL = "https://mc.sendgrid.com/contacts/lists/{list_id}"
+
+
+class SyncConfig(dg.Config):
+    """Launchpad options; the run tags sendgrid/dry_run and sendgrid/allow_mass_removal too."""
+
+    dry_run: bool = Field(default=False, description="Plan and report, send nothing.")
+    allow_mass_removal: bool = Field(
+        default=False, description="Override the removal brake for this run."
+    )
+
+
+def preflight(destination: Destination, contacts: pl.DataFrame) -> None:
+    """Refuse before any request when consent is missing or the cap is exceeded."""
+    if not destination.consent:
+        raise SyncRefused(
+            f"Destination {destination.name!r} has no consent: exporting would send personal "
+            "data out of this system's compliance boundary to SendGrid, a third party. An "
+            "administrator must agree to data privacy and compliance by setting consent: true "
+            "for this destination in destinations.yaml. Nothing was sent."
+        )
+    if contacts.height > destination.profile_cap:
+        raise SyncRefused(
+            f"Destination {destination.name!r}: {contacts.height} contacts exceed its "
+            f"profile_cap of {destination.profile_cap} by {contacts.height - destination.profile_cap}. "
+            "Narrow its segments or raise profile_cap (SendGrid contracts limit contacts too). "
+            "Nothing was sent."
+        )
+
+
+def report_metadata(report: SyncReport) -> dict:
+    planned = report.plan.counts()
+    return {
+        "dry_run": report.dry_run,
+        **{f"planned_{action}": n for action, n in planned.items()},
+        "upserted": report.upserted,
+        "created": report.created,
+        "updated": report.updated,
+        "removed": report.removed,
+        "rejected_by_sendgrid": report.rejected.height,
+        "recovered_jobs": report.recovered_jobs,
+        "jobs": len(report.job_ids),
+        "list_contact_count_before": report.list_count_before,
+        "list_contact_count": report.list_count_after,
+        "duration_seconds": round(report.seconds, 3),
+        "list_id": report.list_id,
+        "sendgrid_list": dg.MetadataValue.url(SENDGRID_LIST_URL.format(list_id=report.list_id)),
+        "job_ids": ", ".join(report.job_ids[:50]) or "(none)",
+        "plan_sample (masked)": markdown_table(report.plan.sample()),
+        "rejected_by_sendgrid_sample (masked)": markdown_table(masked_rejections(report.rejected)),
+    }
+
+
+def build_sync_asset(
+    pipeline: PipelineConfig, partitions: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="sendgrid_list_sync",
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds={"sendgrid"},
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=dg.RetryPolicy(
+            max_retries=2,
+            delay=30,
+            backoff=dg.Backoff.EXPONENTIAL,
+            jitter=dg.Jitter.PLUS_MINUS,
+        ),
+        description="Plans and applies the change that makes the destination's SendGrid list "
+        "hold exactly its contacts: upserts new and changed contacts, removes contacts we "
+        "added that left its segments, polls every job to a terminal state and records only "
+        "confirmed work. Refuses without consent, over the cap, or past the removal brake.",
+    )
+    def sendgrid_list_sync(
+        context: dg.AssetExecutionContext,
+        config: SyncConfig,
+        sendgrid_contacts: pl.DataFrame,
+        sendgrid: SendGridResource,
+        sync_state: SyncStateResource,
+    ) -> dg.MaterializeResult:
+        store = sync_state.store()
+        dry_run = config.dry_run or tag_is_true(context, DRY_RUN_TAG)
+        override = config.allow_mass_removal or tag_is_true(context, ALLOW_MASS_REMOVAL_TAG)
+        per_destination: dict[str, dict] = {}
+        failures: dict[str, str] = {}
+        retryable = False
+        for key in context.partition_keys:
+            destination = pipeline.destination(key)
+            contacts = sendgrid_contacts.filter(pl.col("destination") == key)
+            try:
+                preflight(destination, contacts)
+                fields = list(destination.field_mapping.as_dict())
+                desired = contacts.select("email").with_columns(contact_json(contacts, fields))
+                options = SyncOptions(
+                    dry_run=dry_run,
+                    max_removal_share=destination.max_removal_share,
+                    allow_mass_removal=override or destination.allow_mass_removal,
+                )
+                client = sendgrid.client(destination.api_key_env)
+                sync = DestinationSync(client, store, destination, context.log, options)
+                report = sync.run(desired)
+            except (SyncRefused, SendGridError, SendGridJobError, ValueError) as error:
+                context.log.error("%s: %s", key, error)
+                failures[key] = str(error)
+                retryable |= not isinstance(error, SyncRefused | ValueError) and not (
+                    isinstance(error, SendGridError) and error.status in (400, 401, 403, 404)
+                )
+                continue
+            context.log.info(
+                "%s: %s; upserted %d (created %d, updated %d), removed %d, rejected %d; "
+                "list now has %d contacts",
+                key,
+                "DRY RUN, nothing sent" if dry_run else "synced",
+                report.upserted,
+                report.created,
+                report.updated,
+                report.removed,
+                report.rejected.height,
+                report.list_count_after,
+            )
+            per_destination[key] = report_metadata(report)
+        if failures:
+            for key, metadata in per_destination.items():  # what did succeed stays visible
+                context.log_event(
+                    dg.AssetObservation(context.asset_key, partition=key, metadata=metadata)
+                )
+            synced = ", ".join(per_destination) or "none"
+            raise dg.Failure(
+                description="Sync failed for "
+                + "; ".join(f"{d}: {m}" for d, m in failures.items())
+                + f" (synced without error: {synced})",
+                allow_retries=retryable,
+            )
+        return dg.MaterializeResult(metadata=per_partition_metadata(context, per_destination))
+
+    return sendgrid_list_sync

@@ -1,0 +1,148 @@
+"""Pandera (polars) schemas for the frames, and the asset-check results built on them."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+import pandera.polars as pa
+import polars as pl
+from dagster_pandera import pandera_schema_to_dagster_type
+from pandera.errors import SchemaErrors
+
+from sendgrid_pipeline.transform import EMAIL_PATTERN
+
+EMAIL_CHECK = "sendgrid_contacts_email_valid"
+CAP_CHECK = "sendgrid_contacts_within_profile_cap"
+
+
+def _is_lowercase(data: pa.PolarsData) -> pl.LazyFrame:
+    column = pl.col(data.key)
+    return data.lazyframe.select((column == column.str.to_lowercase()).alias(data.key))
+
+
+PROFILES_SCHEMA = pa.DataFrameSchema(
+    {"customer_id": pa.Column(pl.String, nullable=False, unique=True)},
+    name="UnifiedProfiles",
+    description="Unified customer profiles: one row per customer_id (unique, never null).",
+    strict=False,
+)
+
+MEMBERSHIP_SCHEMA = pa.DataFrameSchema(
+    {
+        "customer_id": pa.Column(pl.String, nullable=False),
+        "segment_id": pa.Column(pl.String, nullable=False),
+    },
+    name="SegmentMembership",
+    description="Which profile is in which segment (one row per pair).",
+    unique=["customer_id", "segment_id"],
+)
+
+
+def _email_column(*extra: pa.Check) -> pa.Column:
+    return pa.Column(
+        pl.String,
+        nullable=False,
+        checks=[
+            pa.Check.str_matches(EMAIL_PATTERN, name="valid_email_syntax"),
+            pa.Check.str_length(max_value=254, name="within_sendgrid_max_length"),
+            pa.Check(_is_lowercase, name="lowercase"),
+            *extra,
+        ],
+    )
+
+
+CONTACTS_SCHEMA = pa.DataFrameSchema(
+    {
+        "destination": pa.Column(pl.String, nullable=False),
+        "customer_id": pa.Column(pl.String, nullable=False),
+        "email": _email_column(),
+    },
+    name="SendGridContacts",
+    description="Contacts ready for SendGrid: email present, valid, lowercase, unique per "
+    "destination; one row per contact.",
+    unique=["destination", "email"],
+    strict=False,
+)
+
+with warnings.catch_warnings():  # dagster-pandera marks this beta; the pinned set is tested
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    SendGridContactsType = pandera_schema_to_dagster_type(CONTACTS_SCHEMA)
+    UnifiedProfilesType = pandera_schema_to_dagster_type(PROFILES_SCHEMA)
+    SegmentMembershipType = pandera_schema_to_dagster_type(MEMBERSHIP_SCHEMA)
+
+
+def capped_contacts_schema(cap: int) -> pa.DataFrameSchema:
+    """The contacts schema plus a destination's profile cap, expressed element-wise.
+
+    A dataframe-level boolean check beside failing string checks makes pandera's lazy
+    validation crash; a per-row check (row index < cap) reports both cleanly.
+    """
+
+    def within_cap(data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.int_range(pl.len()).lt(cap).alias(data.key))
+
+    return CONTACTS_SCHEMA.update_column(
+        "email",
+        checks=[
+            *CONTACTS_SCHEMA.columns["email"].checks,
+            pa.Check(within_cap, name="within_profile_cap"),
+        ],
+    )
+
+
+def validation_failures(schema: pa.DataFrameSchema, frame: pl.DataFrame) -> pl.DataFrame:
+    """Pandera's failure cases as a small frame (check, count); empty when valid."""
+    try:
+        schema.validate(frame, lazy=True)
+    except SchemaErrors as errors:
+        cases = errors.failure_cases
+        return (
+            cases.group_by("check")
+            .agg(pl.len().alias("failures"))
+            .with_columns(pl.col("check").str.replace(r"^str_matches\(.*", "valid_email_syntax"))
+            .sort("check")
+            .with_columns(pl.col("failures").cast(pl.Int64))
+        )
+    return pl.DataFrame(schema={"check": pl.String, "failures": pl.Int64})
+
+
+def contact_check_results(
+    accepted: pl.DataFrame, caps: dict[str, int]
+) -> list[dg.AssetCheckResult]:
+    """Blocking checks over a (possibly multi-destination) contacts frame."""
+    email_failures: list[str] = []
+    cap_failures: list[str] = []
+    counts: dict[str, int] = {}
+    for destination, cap in caps.items():
+        frame = accepted.filter(pl.col("destination") == destination)
+        counts[destination] = frame.height
+        failures = validation_failures(capped_contacts_schema(cap), frame)
+        for check, n in failures.iter_rows():
+            if check == "within_profile_cap":
+                cap_failures.append(
+                    f"{destination}: {frame.height} contacts exceed the cap of {cap} by "
+                    f"{frame.height - cap}"
+                )
+            else:
+                email_failures.append(f"{destination}: {n} row(s) fail {check}")
+    return [
+        dg.AssetCheckResult(
+            check_name=EMAIL_CHECK,
+            passed=not email_failures,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="; ".join(email_failures) or "every email is present, valid and unique",
+            metadata={"failures": len(email_failures)},
+        ),
+        dg.AssetCheckResult(
+            check_name=CAP_CHECK,
+            passed=not cap_failures,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="; ".join(cap_failures)
+            or "every destination is within its profile cap",
+            metadata={
+                **{f"contacts_{d}": n for d, n in counts.items()},
+                **{f"cap_{d}": c for d, c in caps.items()},
+            },
+        ),
+    ]

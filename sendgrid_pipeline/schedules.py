@@ -1,0 +1,41 @@
+"""The scheduled refresh: every destination in one run, the shared roots computed once."""
+
+
+import os
+
+import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+REFRESH_CRON_ENV = "SENDGRID_REFRESH_CRON"
+REFRESH_TIMEZONE_ENV = "SENDGRID_REFRESH_TIMEZONE"
+DEFAULT_CRON = "0 6 * * *"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def refresh_all_tags(partition_keys: list[str]) -> dict[str, str]:
+    """Run tags that select every destination partition in a single run."""
+    return {RANGE_START_TAG: partition_keys[0], RANGE_END_TAG: partition_keys[-1]}
+
+
+def build_refresh_schedule(
+    job: UnresolvedAssetJobDefinition, partition_keys: list[str]
+) -> dg.ScheduleDefinition:
+    cron = os.environ.get(REFRESH_CRON_ENV) or DEFAULT_CRON
+    timezone = os.environ.get(REFRESH_TIMEZONE_ENV) or "UTC"
+
+    @dg.schedule(
+        name="sendgrid_refresh_schedule",
+        job=job,
+        cron_schedule=cron,
+        execution_timezone=timezone,
+        description=f"Scheduled refresh ({cron}, {timezone}; set {REFRESH_CRON_ENV} and "
+        f"{REFRESH_TIMEZONE_ENV} to change): one run that reads the profiles and segments "
+        "once and syncs every destination.",
+    )
+    def sendgrid_refresh_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        return dg.RunRequest(
+            tags={**refresh_all_tags(partition_keys), "sendgrid/trigger": "schedule"},
+        )
+
+    return sendgrid_refresh_schedule

@@ -1,0 +1,79 @@
+"""Plan the change that makes a list hold exactly the desired contacts (polars joins only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from sendgrid_pipeline.privacy import mask_email_expr
+
+PLAN_ACTIONS = ("add", "update", "remove", "unchanged")
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """add: new to the list; update: a mapped field changed; remove: left every segment and
+    was put there by us; unchanged: nothing to send."""
+
+    upserts: pl.DataFrame  # email, contact_json, action ('add' | 'update'), email order
+    removes: pl.DataFrame  # email, contact_id (null when not yet known)
+    unchanged: int
+    list_members_before: int  # members we had recorded
+
+    @property
+    def adds(self) -> int:
+        return self.upserts.filter(pl.col("action") == "add").height
+
+    @property
+    def updates(self) -> int:
+        return self.upserts.height - self.adds
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "add": self.adds,
+            "update": self.updates,
+            "remove": self.removes.height,
+            "unchanged": self.unchanged,
+        }
+
+    def sample(self, per_action: int = 5) -> pl.DataFrame:
+        """A masked sample of each action, for dry runs and metadata."""
+        upserts = self.upserts.group_by("action", maintain_order=True).head(per_action)
+        removes = self.removes.head(per_action).with_columns(pl.lit("remove").alias("action"))
+        return pl.concat(
+            [upserts.select("action", "email"), removes.select("action", "email")]
+        ).with_columns(mask_email_expr("email"))
+
+
+def build_plan(desired: pl.DataFrame, recorded: pl.DataFrame) -> SyncPlan:
+    """`desired`: email, contact_json. `recorded`: email, contact_id, contact_json (state)."""
+    joined = desired.join(
+        recorded.rename({"contact_json": "recorded_json"}),
+        on="email",
+        how="full",
+        coalesce=True,
+    )
+    action = (
+        pl.when(pl.col("recorded_json").is_null())
+        .then(pl.lit("add"))
+        .when(pl.col("contact_json").is_null())
+        .then(pl.lit("remove"))
+        .when(pl.col("contact_json") != pl.col("recorded_json"))
+        .then(pl.lit("update"))
+        .otherwise(pl.lit("unchanged"))
+    )
+    joined = joined.with_columns(action.alias("action"))
+    upserts = (
+        joined.filter(pl.col("action").is_in(["add", "update"]))
+        .select("email", "contact_json", "action")
+        .sort("email")
+    )
+    removes = joined.filter(pl.col("action") == "remove").select("email", "contact_id").sort("email")
+    unchanged = joined.filter(pl.col("action") == "unchanged").height
+    return SyncPlan(
+        upserts=upserts,
+        removes=removes,
+        unchanged=unchanged,
+        list_members_before=recorded.height,
+    )
