@@ -83,12 +83,13 @@ def destination_contacts(
     valid = mapped.filter(pl.col("_reason").is_null()).drop("_reason")
 
     # Deterministic dedup: for each email keep the smallest customer_id.
-    valid = valid.sort("email", "customer_id")
-    first = pl.col("customer_id").first().over("email")
-    kept = valid.filter(pl.col("customer_id") == first)
-    duplicates = valid.filter(pl.col("customer_id") != first).with_columns(
+    valid = valid.sort("email", "customer_id").with_columns(
+        pl.col("customer_id").first().over("email").alias("_kept")
+    )
+    kept = valid.filter(pl.col("customer_id") == pl.col("_kept")).drop("_kept")
+    duplicates = valid.filter(pl.col("customer_id") != pl.col("_kept")).with_columns(
         pl.lit("duplicate_email").alias("reason"),
-        (pl.lit("same email as kept profile ") + first).alias("detail"),
+        (pl.lit("same email as kept profile ") + pl.col("_kept")).alias("detail"),
     )
     rejected = pl.concat(
         [

@@ -1,0 +1,45 @@
+# The README's commands. Each one creates or updates the virtualenv from the project's own files.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PROFILES ?= 100000
+SANDBOX_PORT ?= 4010
+UI_PORT ?= 3000
+SANDBOX_KEY := SG.sandbox-local-dev-key
+
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export DAGSTER_DISABLE_TELEMETRY := 1
+
+.PHONY: install demo test dev bench lint format clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml setup.cfg
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@mkdir -p $(DAGSTER_HOME)
+	@printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	touch $@
+
+demo: $(INSTALLED)  ## the whole export against the bundled local SendGrid sandbox
+	$(BIN)/python -m sendgrid_pipeline.demo
+
+test: $(INSTALLED)  ## every test (starts its own sandbox on a free loopback port)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+dev: $(INSTALLED)  ## the sandbox plus the Dagster UI, with run history in .dagster_home
+	$(BIN)/python -m sendgrid_pipeline.dev --sandbox-port $(SANDBOX_PORT) --ui-port $(UI_PORT)
+
+bench: $(INSTALLED)  ## benchmark one destination at PROFILES profiles
+	$(BIN)/python -m sendgrid_pipeline.bench --profiles $(PROFILES)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(INSTALLED)
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache data/state data/storage data/reports
