@@ -64,6 +64,6 @@ def test_every_row_is_sent_once_in_order() -> None:
 def test_plan_batches_edges() -> None:
     assert plan_batches(np.array([], dtype=np.int64), 10) == []
     assert plan_batches(np.array([10, 10, 10]), 2, max_bytes=33) == [(0, 2), (2, 3)]
-    assert plan_batches(np.array([10, 10, 10]), 2, max_bytes=34) == [(0, 3)]  # 3 rows, 2 commas, 4 overhead
+    assert plan_batches(np.array([10, 10, 10]), 2, max_bytes=34) == [(0, 3)]  # 30 + 2 commas + 2
     with pytest.raises(ValueError, match="larger than the upsert size limit"):
         plan_batches(np.array([100]), 2, max_bytes=50)
