@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -40,12 +41,15 @@ def load_validated_config(directory: Path | str | None = None) -> PipelineConfig
 def build_definitions(config: PipelineConfig) -> dg.Definitions:
     partitions = dg.StaticPartitionsDefinition(config.destination_names)
     keys = config.destination_names
-    assets = [
-        build_profiles_asset(config),
-        build_segments_asset(config),
-        build_contacts_asset(config, partitions),
-        build_sync_asset(config, partitions),
-    ]
+    with warnings.catch_warnings():  # backfill_policy and check specs are marked beta/preview
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        assets = [
+            build_profiles_asset(config),
+            build_segments_asset(config),
+            build_contacts_asset(config, partitions),
+            build_sync_asset(config, partitions),
+        ]
     export_job = dg.define_asset_job(
         EXPORT_JOB,
         selection=dg.AssetSelection.groups(GROUP),

@@ -57,5 +57,10 @@ def per_partition_metadata(
             for d, m in per_destination.items()
         ]
     )
-    totals = {key: sum(m.get(key, 0) or 0 for m in per_destination.values()) for key in numeric}
+    # Totals are prefixed: every partition of the run carries this metadata, and a bare
+    # "contacts" here would plot the run's total as if it were one destination's figure.
+    totals = {
+        f"run_total_{key}": sum(m.get(key, 0) or 0 for m in per_destination.values())
+        for key in numeric
+    }
     return {"destinations": markdown_table(summary), **totals}
