@@ -138,8 +138,7 @@ def contact_check_results(
             check_name=CAP_CHECK,
             passed=not cap_failures,
             severity=dg.AssetCheckSeverity.ERROR,
-            description="; ".join(cap_failures)
-            or "every destination is within its profile cap",
+            description="; ".join(cap_failures) or "every destination is within its profile cap",
             metadata={
                 **{f"contacts_{d}": n for d, n in counts.items()},
                 **{f"cap_{d}": c for d, c in caps.items()},

@@ -209,7 +209,9 @@ def _read_yaml(path: Path, top_key: str) -> list[Any]:
 def _parse_items(path: Path, items: list[Any], model: type[_Strict], label: str) -> list[Any]:
     parsed = []
     for index, item in enumerate(items):
-        name = item.get("name" if model is Destination else "id") if isinstance(item, dict) else None
+        name = (
+            item.get("name" if model is Destination else "id") if isinstance(item, dict) else None
+        )
         where = f"{label} {name!r}" if name else f"{label} #{index + 1}"
         try:
             parsed.append(model.model_validate(item))

@@ -56,9 +56,7 @@ class FileProfileSource(dg.ConfigurableResource):
     def _scan(self, text_columns: set[str]) -> pl.LazyFrame:
         files = self.files()
         if not files:
-            raise ProfileDataError(
-                f"{self.path}: no profile files (expected *.parquet or *.csv)"
-            )
+            raise ProfileDataError(f"{self.path}: no profile files (expected *.parquet or *.csv)")
         frames = [self._scan_file(file, text_columns) for file in files]
         return frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
 

@@ -1,6 +1,5 @@
 """The scheduled refresh: every destination in one run, the shared roots computed once."""
 
-
 import os
 
 import dagster as dg

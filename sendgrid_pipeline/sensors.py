@@ -1,6 +1,5 @@
 """Sensors: refresh when the profiles change, and export on requests dropped in a folder."""
 
-
 import hashlib
 import json
 import shutil

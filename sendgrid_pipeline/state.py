@@ -171,7 +171,9 @@ class SyncStateStore:
             )
             db.execute("DELETE FROM pending_jobs WHERE job_id = ?", (job_id,))
 
-    def confirm_remove(self, job_id: str, destination: str, list_id: str, emails: list[str]) -> None:
+    def confirm_remove(
+        self, job_id: str, destination: str, list_id: str, emails: list[str]
+    ) -> None:
         """Drop the members a completed removal job took off the list and retire the job."""
         with self._connect() as db:
             db.executemany(

@@ -40,8 +40,9 @@ def segment_membership(profiles: pl.DataFrame, segments: tuple[Segment, ...]) ->
     """Long table (customer_id, segment_id) of every profile in every segment."""
     lazy = profiles.lazy().select("customer_id", *_rule_columns(profiles, segments))
     parts = [
-        lazy.filter(segment.expression.fill_null(False))
-        .select("customer_id", pl.lit(segment.id).alias("segment_id"))
+        lazy.filter(segment.expression.fill_null(False)).select(
+            "customer_id", pl.lit(segment.id).alias("segment_id")
+        )
         for segment in segments
     ]
     if not parts:
@@ -142,7 +143,5 @@ def _rejection_reason(fields: list[str]) -> pl.Expr:
 
 def contact_json(accepted: pl.DataFrame, fields: list[str]) -> pl.Series:
     """One JSON object per contact, exactly as sent; an empty string clears a field."""
-    values = [
-        pl.col(f) if f == "email" else pl.col(f).fill_null("").alias(f) for f in fields
-    ]
+    values = [pl.col(f) if f == "email" else pl.col(f).fill_null("").alias(f) for f in fields]
     return accepted.select(pl.struct(values).struct.json_encode().alias("contact_json")).to_series()

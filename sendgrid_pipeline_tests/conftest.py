@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 os.environ["DAGSTER_DISABLE_TELEMETRY"] = "1"
 

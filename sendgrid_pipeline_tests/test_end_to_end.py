@@ -13,19 +13,18 @@ from sendgrid_pipeline_tests.helpers import export, step_failure_messages
 
 # An independent statement of who belongs on each list: SQL over the raw profile file,
 # plain-Python normalization and a plain regex, smallest customer_id per address.
-EMAIL = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@"
-                   r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-LIMITS = {"first_name": 50, "last_name": 50, "country": 50, "state_province_region": 50,
-          "city": 60}
+EMAIL = re.compile(
+    r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@"
+    r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+)
+LIMITS = {"first_name": 50, "last_name": 50, "country": 50, "state_province_region": 50, "city": 60}
 
 
 def expected_members(data_dir: Path) -> dict[str, set[str]]:
     config = load_config(data_dir)
     profiles = pl.concat(
         [
-            pl.read_csv(f, infer_schema_length=0).with_columns(
-                pl.col("email_opt_in") == "true"
-            )
+            pl.read_csv(f, infer_schema_length=0).with_columns(pl.col("email_opt_in") == "true")
             for f in sorted((data_dir / "profiles").glob("*.csv"))
         ],
         how="diagonal_relaxed",
@@ -42,8 +41,11 @@ def expected_members(data_dir: Path) -> dict[str, set[str]]:
         ids: set[str] = set()
         for segment_id in destination.segments:
             rule = config.segment(segment_id).rule
-            ids |= set(sql.execute(f"SELECT customer_id FROM profiles WHERE {rule}",
-                                   eager=True)["customer_id"])
+            ids |= set(
+                sql.execute(f"SELECT customer_id FROM profiles WHERE {rule}", eager=True)[
+                    "customer_id"
+                ]
+            )
         mapping = destination.field_mapping.as_dict()
         best: dict[str, str] = {}
         for row in typed.filter(pl.col("customer_id").is_in(list(ids))).iter_rows(named=True):
@@ -52,8 +54,11 @@ def expected_members(data_dir: Path) -> dict[str, set[str]]:
                 continue
             if len(email.split("@")[0]) > 64:
                 continue
-            if any(len((row[col] or "").strip()) > LIMITS.get(field, 10**9)
-                   for field, col in mapping.items() if field != "email"):
+            if any(
+                len((row[col] or "").strip()) > LIMITS.get(field, 10**9)
+                for field, col in mapping.items()
+                if field != "email"
+            ):
                 continue
             if email not in best or row["customer_id"] < best[email]:
                 best[email] = row["customer_id"]

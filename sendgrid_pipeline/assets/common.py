@@ -1,6 +1,5 @@
 """Shared names and metadata helpers for the asset modules."""
 
-
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +19,10 @@ def markdown_table(frame: pl.DataFrame) -> dg.MetadataValue:
         return dg.MetadataValue.md("_(none)_")
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "---|" * frame.width
-    rows = ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in frame.iter_rows()]
+    rows = [
+        "| " + " | ".join("" if v is None else str(v) for v in row) + " |"
+        for row in frame.iter_rows()
+    ]
     return dg.MetadataValue.md("\n".join([header, rule, *rows]))
 
 

@@ -1,6 +1,6 @@
 """sendgrid_contacts: each destination's contacts, mapped, normalized, validated, deduplicated."""
 
-
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +11,12 @@ from dagster_pandas import PandasColumn, create_dagster_pandas_dataframe_type
 from dagster_pandas.data_frame import create_table_schema_metadata_from_dataframe
 
 from sendgrid_pipeline.assets.common import GROUP, OWNERS, markdown_table, per_partition_metadata
-from sendgrid_pipeline.checks import CAP_CHECK, EMAIL_CHECK, SendGridContactsType
-from sendgrid_pipeline.checks import contact_check_results
+from sendgrid_pipeline.checks import (
+    CAP_CHECK,
+    EMAIL_CHECK,
+    SendGridContactsType,
+    contact_check_results,
+)
 from sendgrid_pipeline.config import SENDGRID_FIELD_MAX_LENGTH, PipelineConfig
 from sendgrid_pipeline.privacy import mask_email_expr
 from sendgrid_pipeline.transform import destination_contacts
@@ -27,15 +31,17 @@ REJECTION_REASONS = [
 
 # The rejected-rows report is a pandas-facing artifact (analysts open it in pandas/Excel):
 # dagster-pandas validates its contract before it is written.
-RejectedRowsReport = create_dagster_pandas_dataframe_type(
-    name="RejectedRowsReport",
-    description="Rows a destination cannot send, each with a reason code.",
-    columns=[
-        PandasColumn.string_column("destination", non_nullable=True),
-        PandasColumn.string_column("customer_id", non_nullable=True),
-        PandasColumn.categorical_column("reason", categories=set(REJECTION_REASONS)),
-    ],
-)
+with warnings.catch_warnings():  # the dagster-pandas type factory is marked beta
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    RejectedRowsReport = create_dagster_pandas_dataframe_type(
+        name="RejectedRowsReport",
+        description="Rows a destination cannot send, each with a reason code.",
+        columns=[
+            PandasColumn.string_column("destination", non_nullable=True),
+            PandasColumn.string_column("customer_id", non_nullable=True),
+            PandasColumn.categorical_column("reason", categories=set(REJECTION_REASONS)),
+        ],
+    )
 
 
 def reports_dir(config: PipelineConfig) -> Path:

@@ -1,6 +1,5 @@
 """unified_profiles: the profile source, read once and validated."""
 
-
 import dagster as dg
 import polars as pl
 
@@ -29,9 +28,14 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         if "customer_id" not in frame.columns:
             raise ProfileDataError(f"{source}: the profiles have no customer_id column")
         config.validate_against_profiles(frame.schema, source)
-        problems = frame.lazy().with_row_index("row").filter(
-            pl.col("customer_id").is_null() | pl.col("customer_id").is_duplicated()
-        ).select("row", "customer_id").head(10).collect()
+        problems = (
+            frame.lazy()
+            .with_row_index("row")
+            .filter(pl.col("customer_id").is_null() | pl.col("customer_id").is_duplicated())
+            .select("row", "customer_id")
+            .head(10)
+            .collect()
+        )
         if problems.height:
             listed = ", ".join(f"row {r + 1}: {c!r}" for r, c in problems.iter_rows())
             raise ProfileDataError(

@@ -1,6 +1,5 @@
 """segment_membership: which profile is in which segment."""
 
-
 import dagster as dg
 import polars as pl
 
@@ -43,7 +42,10 @@ def build_segments_asset(config: PipelineConfig) -> dg.AssetsDefinition:
                 "dagster/row_count": membership.height,
                 "profiles_in_any_segment": membership["customer_id"].n_unique(),
                 "segments": markdown_table(table),
-                **{f"segment_{s}": int(n) for s, n in table.select("segment", "members").iter_rows()},
+                **{
+                    f"segment_{s}": int(n)
+                    for s, n in table.select("segment", "members").iter_rows()
+                },
             },
         )
 

@@ -1,6 +1,5 @@
 """sendgrid_list_sync: make each destination's SendGrid list hold exactly its contacts."""
 
-
 import dagster as dg
 import polars as pl
 from pydantic import Field
@@ -48,10 +47,11 @@ def preflight(destination: Destination, contacts: pl.DataFrame) -> None:
             "administrator must agree to data privacy and compliance by setting consent: true "
             "for this destination in destinations.yaml. Nothing was sent."
         )
-    if contacts.height > destination.profile_cap:
+    cap = destination.profile_cap
+    if contacts.height > cap:
         raise SyncRefused(
             f"Destination {destination.name!r}: {contacts.height} contacts exceed its "
-            f"profile_cap of {destination.profile_cap} by {contacts.height - destination.profile_cap}. "
+            f"profile_cap of {cap} by {contacts.height - cap}. "
             "Narrow its segments or raise profile_cap (SendGrid contracts limit contacts too). "
             "Nothing was sent."
         )

@@ -381,9 +381,7 @@ class SendGridClient:
         deadline = time.monotonic() + (timeout_seconds or self.job_timeout_seconds)
         interval = self.poll_interval_seconds
         while True:
-            payload = self.make_request(
-                "GET", f"/v3/marketing/contacts/exports/{export_id}"
-            ).json()
+            payload = self.make_request("GET", f"/v3/marketing/contacts/exports/{export_id}").json()
             status = payload.get("status")
             if status == "ready":
                 return list(payload.get("urls") or [])

@@ -35,7 +35,9 @@ class SendGridResource(dg.ConfigurableResource):
 
     def client(self, api_key_env: str = DEFAULT_KEY_ENV) -> SendGridClient:
         """A client for a destination; its key comes from its own env var when it names one."""
-        api_key = self.api_key if api_key_env == DEFAULT_KEY_ENV else dg.EnvVar(api_key_env).get_value()
+        api_key = (
+            self.api_key if api_key_env == DEFAULT_KEY_ENV else dg.EnvVar(api_key_env).get_value()
+        )
         if not api_key:
             raise ValueError(
                 f"Environment variable {api_key_env} is not set: it must hold the SendGrid "

@@ -166,7 +166,9 @@ class DestinationSync:
             job_id = self.client.upsert_contacts(batch.body, batch.size)
             self._crash_hook("upsert_sent")
             batch_rows = rows.slice(batch.start, batch.size)
-            self.store.add_pending(job_id, self.destination.name, self.list_id, "upsert", batch_rows)
+            self.store.add_pending(
+                job_id, self.destination.name, self.list_id, "upsert", batch_rows
+            )
             report.job_ids.append(job_id)
             submitted.append((job_id, batch_rows))
             self.log.info(
@@ -214,7 +216,9 @@ class DestinationSync:
             try:
                 errors = _parse_errors_file(self.client.download(job.errors_url))
             except Exception as error:  # an unreadable file must not lose the rows
-                self.log.warning("job %s: cannot read errors file: %s", job.id, type(error).__name__)
+                self.log.warning(
+                    "job %s: cannot read errors file: %s", job.id, type(error).__name__
+                )
         if errors is None or (job.status == "failed" and errors.height == 0):
             return rows.select(
                 "email",

@@ -69,7 +69,9 @@ def build_plan(desired: pl.DataFrame, recorded: pl.DataFrame) -> SyncPlan:
         .select("email", "contact_json", "action")
         .sort("email")
     )
-    removes = joined.filter(pl.col("action") == "remove").select("email", "contact_id").sort("email")
+    removes = (
+        joined.filter(pl.col("action") == "remove").select("email", "contact_id").sort("email")
+    )
     unchanged = joined.filter(pl.col("action") == "unchanged").height
     return SyncPlan(
         upserts=upserts,

@@ -60,7 +60,9 @@ def test_every_request_has_a_timeout_and_bearer_auth() -> None:
 def test_429_waits_until_the_reset_then_succeeds() -> None:
     reset = str(int(time.time()) + 3)
     session = ScriptedSession(
-        response(429, b'{"errors":[{"message":"too many requests"}]}', {"X-RateLimit-Reset": reset}),
+        response(
+            429, b'{"errors":[{"message":"too many requests"}]}', {"X-RateLimit-Reset": reset}
+        ),
         response(202, b'{"job_id": "j1"}'),
     )
     sleeps: list[float] = []

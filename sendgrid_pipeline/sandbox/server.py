@@ -1,0 +1,369 @@
+"""A local HTTP emulator of the SendGrid Marketing API, for tests, demos and benchmarks.
+
+Standard library only: a ThreadingHTTPServer speaking HTTP/1.1 keep-alive, so a requests.Session
+reuses its connections. It listens on loopback only, because it accepts a key anyone can read.
+This module is the HTTP layer: auth, rate limits, injected faults and the request log; the
+endpoints themselves are in api.py and the account state in store.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+from sendgrid_pipeline.sandbox.api import Request, Response, dispatch, error_response
+from sendgrid_pipeline.sandbox.faults import FaultCounts, FaultInjector, FaultPlan, RateState
+from sendgrid_pipeline.sandbox.store import Store
+from sendgrid_pipeline.sandbox.validation import ApiError, error
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # larger bodies are not even read: 413 and close
+REVOKED_MESSAGE = "The provided authorization grant is invalid, expired, or revoked"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the sandbox saw it (status 0: the connection was dropped unanswered)."""
+
+    method: str
+    path: str
+    status: int
+    body_bytes: int
+    contacts: int  # contacts in an upsert body, else 0
+    time: float  # Unix epoch seconds when it arrived
+    fault: str | None = None  # the injected fault, if any
+
+
+def require_loopback(host: str) -> None:
+    """Refuse to listen anywhere a machine other than this one could reach."""
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the sandbox only listens on loopback (127.0.0.0/8, ::1), not {host!r}")
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    response: Response | None  # None: drop the connection without an answer
+    rate: RateState
+    contacts: int = 0
+    fault: str | None = None
+
+
+def _too_many_requests() -> Response:
+    return error_response(429, [error(None, "too many requests")])
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], sandbox: SandboxServer) -> None:
+        self.sandbox = sandbox
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+
+class _HTTP6Server(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
+    server_version = "SendGridSandbox/1.0"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
+    timeout = 300  # seconds an idle keep-alive connection is kept
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.server.connections_lock:
+                self.server.connections.discard(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: the sandbox keeps its own request log (SandboxServer.requests)."""
+
+    def do_GET(self) -> None:
+        self.server.sandbox._handle(self)
+
+    do_PUT = do_POST = do_DELETE = do_PATCH = do_GET
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol errors (bad request line, URI too long...) in SendGrid's JSON error shape."""
+        response = error_response(code, [error(None, message or HTTPStatus(code).phrase)])
+        rate = self.server.sandbox._injector.peek(time.time())
+        self.write_response(response, rate, close=True)
+
+    def write_response(self, response: Response, rate: RateState, close: bool = False) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for name, value in rate.headers():
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(response.body)
+
+
+class SandboxServer:
+    """The emulator: start() it, point a client at base_url, inspect the account afterwards."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        lists: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        job_delay_seconds: float = 0.05,
+        faults: FaultPlan | None = None,
+    ) -> None:
+        require_loopback(host)
+        self.api_key = api_key or f"SG.sandbox-{secrets.token_hex(16)}"
+        self.revoked_keys: set[str] = set()
+        self.forbidden_keys: set[str] = set()
+        self.host = host
+        self.port = port
+        self._fault_counts = FaultCounts()
+        self._injector = FaultInjector(faults or FaultPlan())
+        self._store = Store(job_delay_seconds, self._fault_counts)
+        self._log_lock = threading.Lock()
+        self._requests: list[RequestRecord] = []
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        for list_id, name in (lists or {}).items():
+            self._store.create_list(name, list_id)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> SandboxServer:
+        """Bind and serve in a daemon thread; returns self."""
+        if self._httpd is not None:
+            raise RuntimeError("the sandbox is already running")
+        server_class = _HTTP6Server if ":" in self.host else _HTTPServer
+        self._httpd = server_class((self.host, self.port), self)
+        self.port = self._httpd.server_address[1]
+        self._store.base_url = self.base_url
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"sendgrid-sandbox-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close every open keep-alive connection."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        with httpd.connections_lock:
+            connections = list(httpd.connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already closed by the client
+                connection.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._httpd is None and self.port == 0:
+            raise RuntimeError("start() the sandbox first: its port is chosen when it binds")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    # -- faults and the request log ------------------------------------------------------------
+    @property
+    def faults(self) -> FaultPlan:
+        """The live plan: mutate it, or replace it with set_faults()."""
+        return self._injector.plan
+
+    @faults.setter
+    def faults(self, plan: FaultPlan) -> None:
+        self.set_faults(plan)
+
+    def set_faults(self, plan: FaultPlan) -> None:
+        """Replace the plan; its random stream and rate-limit window start afresh."""
+        self._injector = FaultInjector(plan)
+
+    @property
+    def fault_counts(self) -> dict[str, int]:
+        """Injected faults by kind: "429", "500", "503", "slow", "drop", "rate_limit",
+        "rejected_rows", "failed_jobs"."""
+        return self._fault_counts.snapshot()
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        with self._log_lock:
+            return list(self._requests)
+
+    def reset_request_log(self) -> None:
+        with self._log_lock:
+            self._requests.clear()
+
+    # -- inspection and setup helpers (each first applies the jobs that are due) ----------------
+    def list_member_emails(self, list_id: str) -> set[str]:
+        """Lowercase emails currently on the list (KeyError for an unknown list)."""
+        return self._store.member_emails(list_id)
+
+    def contact(self, email: str) -> dict[str, Any] | None:
+        """The contact as the API shows it (id, list_ids, custom fields keyed by name), or None."""
+        return self._store.contact(email)
+
+    def add_contact_by_hand(self, email: str, list_ids: list[str], **fields: Any) -> str:
+        """Apply a contact at once, like an edit in SendGrid's UI; returns its id."""
+        return self._store.add_contact(email, list_ids, fields)
+
+    def create_list(self, name: str, list_id: str | None = None) -> str:
+        return self._store.create_list(name, list_id)
+
+    def define_custom_field(self, name: str, field_type: str) -> str:
+        """Create a custom field ("Text", "Number" or "Date"); returns its id, e.g. "e1_N"."""
+        try:
+            return self._store.define_field(name, field_type)["id"]
+        except ApiError as problem:
+            raise ValueError(str(problem)) from None
+
+    def wait_for_idle(self) -> None:
+        """Complete every pending job and export now."""
+        self._store.complete_all()
+
+    @staticmethod
+    def lists_from_destinations_file(path: str | Path) -> dict[str, str]:
+        """{list_id: display_name} for each destination in a destinations.yaml."""
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        destinations = document.get("destinations") if isinstance(document, dict) else None
+        if not isinstance(destinations, list):
+            raise ValueError(f"{path}: expected a top-level 'destinations:' list")
+        lists: dict[str, str] = {}
+        for index, destination in enumerate(destinations):
+            if not isinstance(destination, dict) or not destination.get("list_id"):
+                raise ValueError(f"{path}: destination #{index + 1} has no list_id")
+            name = destination.get("display_name") or destination.get("name") or "list"
+            lists[str(destination["list_id"])] = str(name)
+        return lists
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def _auth_error(self, header: str | None) -> Response | None:
+        key = header[len("Bearer ") :] if header and header.startswith("Bearer ") else None
+        if key in self.revoked_keys:
+            return error_response(401, [error(None, REVOKED_MESSAGE)])
+        if key in self.forbidden_keys:
+            return error_response(403, [error(None, "access forbidden")])
+        if key != self.api_key:
+            return error_response(401, [error(None, "authorization required")])
+        return None
+
+    def _handle(self, handler: _Handler) -> None:
+        arrived = time.time()
+        url = urlsplit(handler.path)
+        if "Transfer-Encoding" in handler.headers:
+            self._record(RequestRecord(handler.command, url.path, 411, 0, 0, arrived))
+            handler.send_error(411, "send a Content-Length; chunked bodies are not supported")
+            return
+        try:
+            length = int(handler.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self._record(RequestRecord(handler.command, url.path, 413, max(length, 0), 0, arrived))
+            handler.send_error(413, f"request body too large: limit {MAX_BODY_BYTES} bytes")
+            return
+        body = handler.rfile.read(length) if length else b""
+        outcome = self._answer(handler, url.path, url.query, body)
+        status = 0 if outcome.response is None else outcome.response.status
+        self._record(
+            RequestRecord(
+                handler.command, url.path, status, length, outcome.contacts, arrived, outcome.fault
+            )
+        )
+        if outcome.response is None:  # dropped: no answer at all
+            handler.close_connection = True
+        else:
+            handler.write_response(outcome.response, outcome.rate)
+
+    def _answer(self, handler: _Handler, path: str, query: str, body: bytes) -> _Outcome:
+        """Auth, then the rate limit, then any injected fault, then the endpoint itself."""
+        injector = self._injector
+        is_api = path.startswith("/v3/")
+        now = time.time()
+        rate = injector.peek(now)
+        if is_api:
+            denied = self._auth_error(handler.headers.get("Authorization"))
+            if denied is not None:
+                return _Outcome(denied, rate)
+            allowed, rate = injector.take(now)
+            if not allowed:
+                self._fault_counts.add("rate_limit")
+                return _Outcome(_too_many_requests(), rate, fault="rate_limit")
+
+        request = Request(
+            handler.command, path, parse_qs(query, keep_blank_values=True), body, injector.plan
+        )
+        fault = injector.decide(path, is_api)
+        if fault == "ok":
+            return self._dispatch(request, rate, None)
+        self._fault_counts.add(fault)
+        if fault == "drop":  # the request is not applied
+            return _Outcome(None, rate, fault=fault)
+        if fault == "429":
+            return _Outcome(_too_many_requests(), RateState(rate.limit, 0, rate.reset), fault=fault)
+        if fault == "slow":  # applied, but answered late: the client may time out first
+            outcome = self._dispatch(request, rate, fault)
+            time.sleep(injector.plan.slow_seconds)
+            return outcome
+        status = int(fault)  # 5xx: the request is not applied
+        response = error_response(status, [error(None, HTTPStatus(status).phrase.lower())])
+        return _Outcome(response, rate, fault=fault)
+
+    def _dispatch(self, request: Request, rate: RateState, fault: str | None) -> _Outcome:
+        try:
+            response = dispatch(self._store, request)
+        except Exception:
+            log.exception("sandbox failed on %s %s", request.method, request.path)
+            response = error_response(500, [error(None, "sandbox internal error")])
+        return _Outcome(response, rate, request.contacts, fault)
+
+    def _record(self, record: RequestRecord) -> None:
+        with self._log_lock:
+            self._requests.append(record)

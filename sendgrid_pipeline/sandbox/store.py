@@ -1,0 +1,631 @@
+"""In-memory state of one SendGrid account: lists, contacts, custom fields and asynchronous jobs.
+
+One lock guards all of it. Jobs are applied lazily and in order, by whichever call first looks at
+the store after their delay has passed: no background thread, and the state a client can observe
+is exactly what a real asynchronous job would show.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sendgrid_pipeline.sandbox.exports import render_errors_csv, render_export
+from sendgrid_pipeline.sandbox.faults import FaultCounts
+from sendgrid_pipeline.sandbox.validation import (
+    RESERVED_FIELDS,
+    ApiError,
+    field_definition_error,
+    is_valid_email,
+    validate_contacts,
+)
+
+CONTACT_SAMPLE_SIZE = 50
+EXPORT_TTL_SECONDS = 72 * 3600
+
+# Text fields a contact response always carries ("" when unset), as in the SPEC examples.
+_TEXT_DEFAULTS: dict[str, str] = dict.fromkeys(
+    (
+        "email",
+        "phone_number_id",
+        "external_id",
+        "anonymous_id",
+        "first_name",
+        "last_name",
+        "unique_name",
+        "address_line_1",
+        "address_line_2",
+        "city",
+        "state_province_region",
+        "postal_code",
+        "country",
+        "phone_number",
+        "whatsapp",
+        "line",
+        "facebook",
+    ),
+    "",
+)
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _contact_ids() -> Iterator[str]:
+    """Contact ids shaped like uuids: a random prefix and a counter (uuid4() per row is slow)."""
+    seed = uuid.uuid4().hex
+    prefix = f"{seed[:8]}-{seed[8:12]}-{seed[12:16]}-{seed[16:20]}-"
+    return (f"{prefix}{n:012x}" for n in itertools.count(int(seed[20:], 16) >> 8))
+
+
+def _detach_custom_fields(contacts: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """Take custom_fields out of each contact, returning them by index.
+
+    A dict holding only plain values is not tracked by the cyclic GC, but json.loads tracks a
+    contact that nests custom_fields. Left tracked, 1M stored contacts would make every full
+    collection walk them all; a fresh copy without the nested dict is untracked.
+    """
+    customs: list[dict[str, Any] | None] = []
+    for index, contact in enumerate(contacts):
+        custom = contact.pop("custom_fields", None)
+        if custom is not None:
+            contacts[index] = dict(contact)
+        customs.append(custom)
+    return customs
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = True
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Hold off the cyclic GC while a large upsert body is parsed and detached.
+
+    Otherwise the GC promotes the freshly parsed contacts to the oldest generation before they
+    are detached, and every few requests a full collection walks the whole store. Nested pauses
+    from concurrent requests are counted, and GC is re-enabled only if it was enabled before.
+    """
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def _identifier_key(contact: dict[str, Any]) -> str:
+    """Store key of a contact without email: contains a newline, so never equal to an email."""
+    for name in ("phone_number_id", "external_id", "anonymous_id"):
+        if contact.get(name):
+            return f"\n{name}\n{contact[name]}"
+    raise ValueError("contact has no identifier")
+
+
+@dataclass
+class ContactList:
+    id: str
+    name: str
+    members: dict[str, None] = field(default_factory=dict)  # contact keys, least recent first
+
+
+@dataclass
+class Job:
+    """An upsert or a list removal, as GET /v3/marketing/contacts/imports/{id} reports it."""
+
+    id: str
+    job_type: str  # "upsert" | "delete"
+    due: float
+    started_at: str
+    requested: int
+    payload: list[Any] | None  # upsert: the contacts; delete: the contact keys
+    list_ids: tuple[str, ...]
+    custom: list[dict[str, Any] | None] | None = None  # upsert: custom_fields, by contact index
+    reject: re.Pattern[str] | None = None
+    fail: bool = False
+    status: str = "pending"
+    results: dict[str, int] = field(default_factory=dict)
+    finished_at: str | None = None
+    errors_csv: bytes | None = None
+
+
+@dataclass
+class Export:
+    id: str
+    list_ids: tuple[str, ...]
+    file_type: str
+    due: float
+    created: float
+    status: str = "pending"
+    updated_at: str = ""
+    completed_at: str | None = None
+    files: list[bytes] = field(default_factory=list)
+    contact_count: int = 0
+
+
+class Store:
+    """The account. Every public method takes the lock and first applies the jobs that are due."""
+
+    def __init__(self, job_delay_seconds: float, fault_counts: FaultCounts) -> None:
+        self.job_delay_seconds = job_delay_seconds
+        self.base_url = ""  # set once the server knows its port; used in URLs it hands out
+        self._counts = fault_counts
+        self._lock = threading.Lock()
+        self._lists: dict[str, ContactList] = {}
+        # Contacts by lowercase email (or identifier key). Records hold plain values only; list
+        # membership lives in the lists and custom field values in _custom.
+        self._contacts: dict[str, dict[str, Any]] = {}
+        self._custom: dict[str, dict[str, Any]] = {}
+        self._by_id: dict[str, str] = {}
+        self._by_alternate: dict[str, str] = {}
+        self._fields: dict[str, tuple[str, str]] = {}  # custom field id -> (name, type)
+        self._jobs: dict[str, Job] = {}
+        self._exports: dict[str, Export] = {}
+        self._pending: deque[Job | Export] = deque()
+        self._contact_ids = _contact_ids()
+
+    @contextmanager
+    def _locked(self, *, complete_all: bool = False) -> Iterator[None]:
+        with self._lock:
+            self._complete(time.time(), complete_all)
+            yield
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def _complete(self, now: float, complete_all: bool) -> None:
+        pending = self._pending
+        while pending and (complete_all or pending[0].due <= now):
+            item = pending.popleft()
+            if isinstance(item, Export):
+                self._finish_export(item)
+            elif item.job_type == "upsert":
+                self._finish_upsert(item)
+            else:
+                self._finish_removal(item)
+
+    def _finish_upsert(self, job: Job) -> None:
+        contacts, customs = job.payload or [], job.custom or []
+        job.payload = job.custom = None
+        now = _iso(time.time())
+        rejected: list[tuple[int, str, str]] = []
+        created = updated = 0
+        if job.fail:
+            message = "job failed (sandbox fault: fail_jobs)"
+            rejected = [(i, c.get("email", ""), message) for i, c in enumerate(contacts)]
+            self._counts.add("failed_jobs")
+        else:
+            reject, store = job.reject, self._contacts
+            members = [self._lists[list_id].members for list_id in job.list_ids]
+            for index, contact in enumerate(contacts):
+                email = contact.get("email")
+                if email:
+                    key = email.lower()
+                    if not is_valid_email(key):
+                        rejected.append((index, email, "invalid email address"))
+                        continue
+                    if reject is not None and reject.search(email):
+                        message = "email rejected (sandbox fault: reject_email_pattern)"
+                        rejected.append((index, email, message))
+                        self._counts.add("rejected_rows")
+                        continue
+                    if key == email:
+                        key = email  # one string object for both the dict key and the value
+                    else:
+                        contact["email"] = key
+                else:
+                    key = _identifier_key(contact)
+                custom = customs[index]
+                record = store.get(key)
+                if record is None:
+                    self._insert(key, contact, custom, now)
+                    created += 1
+                else:
+                    self._merge(key, record, contact, custom, now)
+                    updated += 1
+                for listed in members:  # re-attaching moves the contact to "most recent"
+                    listed.pop(key, None)
+                    listed[key] = None
+        errored = len(rejected)
+        job.results = {
+            "requested_count": job.requested,
+            "created_count": created,
+            "updated_count": updated,
+            "deleted_count": 0,
+            "errored_count": errored,
+        }
+        if errored:
+            job.errors_csv = render_errors_csv(rejected)
+        if not errored:
+            job.status = "completed"
+        else:
+            job.status = "failed" if errored == job.requested else "errored"
+        job.finished_at = now
+
+    def _insert(
+        self, key: str, contact: dict[str, Any], custom: dict[str, Any] | None, now: str
+    ) -> None:
+        if custom is not None:
+            if "" in custom.values():
+                custom = {field_id: value for field_id, value in custom.items() if value != ""}
+            self._custom[key] = custom
+        contact_id = next(self._contact_ids)
+        contact["id"] = contact_id
+        contact["created_at"] = contact["updated_at"] = now
+        self._contacts[key] = contact
+        self._by_id[contact_id] = key
+        if contact.get("alternate_emails"):
+            self._reindex_alternates(key, [], contact["alternate_emails"])
+
+    def _merge(
+        self,
+        key: str,
+        record: dict[str, Any],
+        contact: dict[str, Any],
+        custom: dict[str, Any] | None,
+        now: str,
+    ) -> None:
+        """Fields left out stay as they are; an empty string clears a field."""
+        old_alternates = record.get("alternate_emails") or []
+        record.update(contact)
+        record["updated_at"] = now
+        if custom:
+            stored = self._custom.setdefault(key, {})
+            for field_id, value in custom.items():
+                if value == "":
+                    stored.pop(field_id, None)
+                else:
+                    stored[field_id] = value
+        if "alternate_emails" in contact:
+            self._reindex_alternates(key, old_alternates, contact["alternate_emails"])
+
+    def _reindex_alternates(self, key: str, old: list[str], new: list[str]) -> None:
+        for email in old:
+            if self._by_alternate.get(email.lower()) == key:
+                del self._by_alternate[email.lower()]
+        for email in new:
+            self._by_alternate[email.lower()] = key
+
+    def _finish_removal(self, job: Job) -> None:
+        now = _iso(time.time())
+        contact_list = self._lists[job.list_ids[0]]
+        removed = 0
+        for key in job.payload or []:
+            if key in contact_list.members:
+                del contact_list.members[key]
+                self._contacts[key]["updated_at"] = now
+                removed += 1
+        job.payload = None
+        job.results = {
+            "requested_count": job.requested,
+            "created_count": 0,
+            "updated_count": 0,
+            "deleted_count": removed,
+            "errored_count": 0,
+        }
+        job.status = "completed"
+        job.finished_at = now
+
+    def _finish_export(self, export: Export) -> None:
+        if export.list_ids:
+            keys = dict.fromkeys(
+                key for list_id in export.list_ids for key in self._lists[list_id].members
+            )
+        else:
+            keys = dict.fromkeys(self._contacts)
+        rows = (
+            (self._contacts[key], self._list_ids(key), self._custom.get(key, {})) for key in keys
+        )
+        names = {field_id: name for field_id, (name, _) in self._fields.items()}
+        export.files = [render_export(rows, export.file_type, names)]
+        export.contact_count = len(keys)
+        export.status = "ready"
+        export.completed_at = export.updated_at = _iso(time.time())
+
+    def _enqueue(self, item: Job | Export) -> None:
+        self._pending.append(item)
+        if isinstance(item, Job):
+            self._jobs[item.id] = item
+        else:
+            self._exports[item.id] = item
+
+    def complete_all(self) -> None:
+        """Apply every pending job and export now, whatever its delay."""
+        with self._locked(complete_all=True):
+            pass
+
+    # -- lists ---------------------------------------------------------------------------------
+    def create_list(self, name: str, list_id: str | None = None) -> str:
+        list_id = list_id or str(uuid.uuid4())
+        with self._locked():
+            if list_id in self._lists:
+                raise ValueError(f"list {list_id} already exists")
+            self._lists[list_id] = ContactList(list_id, name)
+        return list_id
+
+    def _list_view(self, contact_list: ContactList) -> dict[str, Any]:
+        return {
+            "id": contact_list.id,
+            "name": contact_list.name,
+            "contact_count": len(contact_list.members),
+            "_metadata": {"self": f"{self.base_url}/v3/marketing/lists/{contact_list.id}"},
+        }
+
+    def lists_page(self, offset: int, size: int) -> tuple[list[dict[str, Any]], int]:
+        with self._locked():
+            everything = list(self._lists.values())
+            return [self._list_view(x) for x in everything[offset : offset + size]], len(everything)
+
+    def list_view(self, list_id: str, contact_sample: bool) -> dict[str, Any] | None:
+        with self._locked():
+            contact_list = self._lists.get(list_id)
+            if contact_list is None:
+                return None
+            view = self._list_view(contact_list)
+            if contact_sample:
+                recent = itertools.islice(reversed(contact_list.members), CONTACT_SAMPLE_SIZE)
+                view["contact_sample"] = [self._render(key) for key in recent]
+            return view
+
+    def list_count(self, list_id: str) -> int | None:
+        with self._locked():
+            contact_list = self._lists.get(list_id)
+            return None if contact_list is None else len(contact_list.members)
+
+    def member_emails(self, list_id: str) -> set[str]:
+        with self._locked():
+            if list_id not in self._lists:
+                raise KeyError(f"unknown list {list_id}")
+            contacts = self._contacts
+            return {
+                contacts[key]["email"]
+                for key in self._lists[list_id].members
+                if contacts[key].get("email")
+            }
+
+    # -- custom fields -------------------------------------------------------------------------
+    def field_types(self) -> dict[str, str]:
+        with self._locked():
+            return {field_id: field_type for field_id, (_, field_type) in self._fields.items()}
+
+    def define_field(self, name: object, field_type: object) -> dict[str, Any]:
+        """Create a custom field; raises ApiError (400) like POST field_definitions."""
+        with self._locked():
+            existing = {known.lower() for known, _ in self._fields.values()}
+            problem = field_definition_error(name, field_type, existing)
+            if problem is not None:
+                raise problem
+            name, field_type = str(name), str(field_type)
+            field_id = f"e{len(self._fields) + 1}_{field_type[0]}"
+            self._fields[field_id] = (name, field_type)
+        return {"id": field_id, "name": name, "field_type": field_type}
+
+    def field_definitions(self) -> dict[str, Any]:
+        with self._locked():
+            custom = [
+                {"id": field_id, "name": name, "field_type": field_type}
+                for field_id, (name, field_type) in self._fields.items()
+            ]
+        reserved = [
+            {"id": field_id, "name": name, "field_type": field_type, "read_only": read_only}
+            for field_id, name, field_type, read_only in RESERVED_FIELDS
+        ]
+        return {
+            "custom_fields": custom,
+            "reserved_fields": reserved,
+            "_metadata": {"self": f"{self.base_url}/v3/marketing/field_definitions"},
+        }
+
+    # -- contacts ------------------------------------------------------------------------------
+    def _list_ids(self, key: str) -> list[str]:
+        return [list_id for list_id, listed in self._lists.items() if key in listed.members]
+
+    def _render(self, key: str) -> dict[str, Any]:
+        """A contact as the API returns it; custom fields are keyed by name."""
+        record = self._contacts[key]
+        view = dict(_TEXT_DEFAULTS)
+        view.update(record)
+        view["alternate_emails"] = list(record.get("alternate_emails") or [])
+        view["list_ids"] = self._list_ids(key)
+        view["segment_ids"] = []
+        view["custom_fields"] = {
+            self._fields[field_id][0]: value
+            for field_id, value in self._custom.get(key, {}).items()
+            if field_id in self._fields
+        }
+        view["_metadata"] = {"self": f"{self.base_url}/v3/marketing/contacts/{record['id']}"}
+        return view
+
+    def _upsert_job(
+        self,
+        list_ids: list[str],
+        contacts: list[dict[str, Any]],
+        reject_pattern: str | None,
+        fail: bool,
+    ) -> Job:
+        now = time.time()
+        return Job(
+            id=str(uuid.uuid4()),
+            job_type="upsert",
+            due=now + self.job_delay_seconds,
+            started_at=_iso(now),
+            requested=len(contacts),
+            payload=contacts,
+            custom=_detach_custom_fields(contacts),
+            list_ids=tuple(dict.fromkeys(list_ids)),
+            reject=re.compile(reject_pattern) if reject_pattern else None,
+            fail=fail,
+        )
+
+    def _unknown_lists(self, list_ids: tuple[str, ...]) -> list[str]:
+        return [list_id for list_id in list_ids if list_id not in self._lists]
+
+    def enqueue_upsert(
+        self,
+        list_ids: list[str],
+        contacts: list[dict[str, Any]],
+        reject_pattern: str | None = None,
+        fail: bool = False,
+    ) -> str:
+        """Queue validated contacts; they are applied job_delay_seconds later."""
+        job = self._upsert_job(list_ids, contacts, reject_pattern, fail)
+        with self._locked():
+            missing = self._unknown_lists(job.list_ids)
+            if missing:
+                raise ApiError(404, "list_ids", f"list not found: {', '.join(missing)}")
+            self._enqueue(job)
+        return job.id
+
+    def add_contact(self, email: str, list_ids: list[str], fields: dict[str, Any]) -> str:
+        """Apply one contact immediately (no job), as an edit in SendGrid's UI would."""
+        contact = {**fields, "email": email}
+        errors = validate_contacts([contact], self.field_types())
+        if errors:
+            raise ValueError(f"invalid contact: {errors}")
+        if not is_valid_email(email.lower()):
+            raise ValueError(f"invalid email address {email!r}")
+        job = self._upsert_job(list_ids, [contact], None, False)
+        with self._locked():
+            missing = self._unknown_lists(job.list_ids)
+            if missing:
+                raise KeyError(f"unknown lists {missing}")
+            self._finish_upsert(job)
+            return self._contacts[email.lower()]["id"]
+
+    def contact(self, email: str) -> dict[str, Any] | None:
+        with self._locked():
+            key = email.lower()
+            return self._render(key) if key in self._contacts else None
+
+    def search_emails(self, emails: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Email as given -> rendered contact (matched on email or alternate_emails) or None."""
+        with self._locked():
+            found: dict[str, dict[str, Any] | None] = {}
+            for email in emails:
+                lower = email.lower()
+                key = lower if lower in self._contacts else self._by_alternate.get(lower)
+                found[email] = None if key is None else self._render(key)
+            return found
+
+    def enqueue_removal(self, list_id: str, contact_ids: list[str]) -> str:
+        now = time.time()
+        with self._locked():
+            if list_id not in self._lists:
+                raise ApiError(404, None, f"list {list_id} not found")
+            unknown = [cid for cid in contact_ids if cid not in self._by_id]
+            if unknown:
+                shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+                raise ApiError(404, "contact_ids", f"contact ids not found: {shown}")
+            job = Job(
+                id=str(uuid.uuid4()),
+                job_type="delete",
+                due=now + self.job_delay_seconds,
+                started_at=_iso(now),
+                requested=len(contact_ids),
+                payload=[self._by_id[cid] for cid in contact_ids],
+                list_ids=(list_id,),
+            )
+            self._enqueue(job)
+        return job.id
+
+    def import_job(self, job_id: str) -> dict[str, Any] | None:
+        with self._locked():
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            results: dict[str, Any] = dict(job.results) or {
+                "requested_count": job.requested,
+                "created_count": 0,
+                "updated_count": 0,
+                "deleted_count": 0,
+                "errored_count": 0,
+            }
+            if job.errors_csv is not None:
+                results["errors_url"] = f"{self.base_url}/sandbox/errors/{job.id}.csv"
+            view: dict[str, Any] = {
+                "id": job.id,
+                "status": job.status,
+                "job_type": job.job_type,
+                "results": results,
+                "started_at": job.started_at,
+            }
+            if job.finished_at is not None:
+                view["finished_at"] = job.finished_at
+            return view
+
+    def errors_csv(self, job_id: str) -> bytes | None:
+        with self._locked():
+            job = self._jobs.get(job_id)
+            return None if job is None else job.errors_csv
+
+    # -- exports -------------------------------------------------------------------------------
+    def enqueue_export(self, list_ids: list[str], file_type: str) -> str:
+        now = time.time()
+        export = Export(
+            id=str(uuid.uuid4()),
+            list_ids=tuple(dict.fromkeys(list_ids)),
+            file_type=file_type,
+            due=now + self.job_delay_seconds,
+            created=now,
+            updated_at=_iso(now),
+        )
+        with self._locked():
+            missing = self._unknown_lists(export.list_ids)
+            if missing:
+                raise ApiError(404, "list_ids", f"list not found: {', '.join(missing)}")
+            self._enqueue(export)
+        return export.id
+
+    def _export_view(self, export: Export) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "id": export.id,
+            "status": export.status,
+            "export_type": "list_export" if export.list_ids else "contacts_export",
+            "lists": [{"ID": x, "Name": self._lists[x].name} for x in export.list_ids],
+            "urls": [],
+            "created_at": _iso(export.created),
+            "updated_at": export.updated_at,
+            "expires_at": _iso(export.created + EXPORT_TTL_SECONDS),
+            "_metadata": {"self": f"{self.base_url}/v3/marketing/contacts/exports/{export.id}"},
+        }
+        if export.status == "ready":
+            extension = f"{export.file_type}.gz"
+            view["urls"] = [
+                f"{self.base_url}/sandbox/exports/{export.id}/{n}.{extension}"
+                for n in range(len(export.files))
+            ]
+            view["contact_count"] = export.contact_count
+            view["completed_at"] = export.completed_at
+        return view
+
+    def export_view(self, export_id: str) -> dict[str, Any] | None:
+        with self._locked():
+            export = self._exports.get(export_id)
+            return None if export is None else self._export_view(export)
+
+    def export_views(self) -> list[dict[str, Any]]:
+        with self._locked():
+            return [self._export_view(export) for export in self._exports.values()]
+
+    def export_file(self, export_id: str, index: int, file_type: str) -> bytes | None:
+        with self._locked():
+            export = self._exports.get(export_id)
+            if export is None or export.file_type != file_type or index >= len(export.files):
+                return None
+            return export.files[index]
