@@ -88,6 +88,11 @@ class Destination(_Strict):
     allow_mass_removal: bool = Field(
         default=False, description="Override the brake for this destination (use with care)."
     )
+    owns_list: bool = Field(
+        default=False,
+        description="The list is dedicated to this destination: contacts on it that are not "
+        "in its segments are removed even if something else put them there.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -22,7 +22,12 @@ from pydantic import Field
 from sendgrid_pipeline.config import data_dir
 
 STATE_DIR_ENV = "SENDGRID_PIPELINE_STATE_DIR"
-MEMBER_SCHEMA = {"email": pl.String, "contact_id": pl.String, "contact_json": pl.String}
+MEMBER_SCHEMA = {
+    "email": pl.String,
+    "contact_id": pl.String,
+    "contact_json": pl.String,
+    "managed": pl.Boolean,
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS members (
@@ -31,9 +36,16 @@ CREATE TABLE IF NOT EXISTS members (
     email TEXT NOT NULL,
     contact_id TEXT,
     contact_json TEXT NOT NULL,
+    managed INTEGER NOT NULL DEFAULT 1,  -- 1: we put it on the list; 0: it was there already
     synced_at TEXT NOT NULL,
     PRIMARY KEY (destination, list_id, email)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reconciles (
+    destination TEXT NOT NULL,
+    list_id TEXT NOT NULL,
+    reconciled_at TEXT NOT NULL,
+    PRIMARY KEY (destination, list_id)
+);
 CREATE TABLE IF NOT EXISTS pending_jobs (
     job_id TEXT PRIMARY KEY,
     destination TEXT NOT NULL,
@@ -88,11 +100,13 @@ class SyncStateStore:
     def members(self, destination: str, list_id: str) -> pl.DataFrame:
         with self._connect() as db:
             rows = db.execute(
-                "SELECT email, contact_id, contact_json FROM members "
+                "SELECT email, contact_id, contact_json, managed FROM members "
                 "WHERE destination = ? AND list_id = ? ORDER BY email",
                 (destination, list_id),
             ).fetchall()
-        return pl.DataFrame(rows, schema=MEMBER_SCHEMA, orient="row")
+        schema = {**MEMBER_SCHEMA, "managed": pl.Int8}  # SQLite hands back 0/1
+        frame = pl.DataFrame(rows, schema=schema, orient="row")
+        return frame.with_columns(pl.col("managed").cast(pl.Boolean))
 
     def member_count(self, destination: str, list_id: str) -> int:
         with self._connect() as db:
@@ -128,12 +142,24 @@ class SyncStateStore:
                 (destination, list_id),
             )
             db.executemany(
-                "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (destination, list_id, email, cid, cj, now)
-                    for email, cid, cj in frame.select(MEMBER_SCHEMA).iter_rows()
+                    (destination, list_id, email, cid, cj, int(managed), now)
+                    for email, cid, cj, managed in frame.select(list(MEMBER_SCHEMA)).iter_rows()
                 ),
             )
+            db.execute(
+                "INSERT OR REPLACE INTO reconciles VALUES (?, ?, ?)", (destination, list_id, now)
+            )
+
+    def is_known(self, destination: str, list_id: str) -> bool:
+        """Whether this list's membership was ever read (reconciled) into the state."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT 1 FROM reconciles WHERE destination = ? AND list_id = ?",
+                (destination, list_id),
+            ).fetchone()
+        return row is not None
 
     # -- pending jobs ----------------------------------------------------------------------
     def add_pending(
@@ -161,7 +187,7 @@ class SyncStateStore:
         now = _now()
         with self._connect() as db:
             db.executemany(
-                "INSERT INTO members VALUES (?, ?, ?, NULL, ?, ?) "
+                "INSERT INTO members VALUES (?, ?, ?, NULL, ?, 1, ?) "
                 "ON CONFLICT (destination, list_id, email) DO UPDATE SET "
                 "contact_json = excluded.contact_json, synced_at = excluded.synced_at",
                 (

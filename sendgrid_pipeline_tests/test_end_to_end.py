@@ -175,3 +175,51 @@ def test_one_partition_alone_and_a_range_of_two(data_dir, sandbox) -> None:
     assert not sandbox.list_member_emails(config.destination(second).list_id)
     assert export(data_dir, partitions=[second, third]).success
     assert sandbox.list_member_emails(config.destination(third).list_id)
+
+
+def _sync_metadata(result) -> dict:
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_MATERIALIZATION":
+            record = event.event_specific_data.materialization
+            if record.asset_key.path == ["sendgrid_list_sync"]:
+                return {k: getattr(v, "value", v) for k, v in record.metadata.items()}
+    raise AssertionError("no sendgrid_list_sync materialization")
+
+
+def test_dry_run_tag_plans_and_sends_nothing(data_dir, sandbox) -> None:
+    name = load_config(data_dir).destination_names[0]
+    result = export(data_dir, partitions=[name], tags={"sendgrid/dry_run": "true"})
+    assert result.success, step_failure_messages(result)
+    metadata = _sync_metadata(result)
+    assert metadata["dry_run"] is True and metadata["planned_add"] > 100
+    assert metadata["upserted"] == 0
+    assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE")] == []
+
+
+def test_brake_stops_a_broken_source_and_the_run_tag_overrides_it(data_dir, sandbox) -> None:
+    config = load_config(data_dir)
+    name = "newsletter_eu"
+    assert export(data_dir, partitions=[name]).success
+    before = sandbox.list_member_emails(config.destination(name).list_id)
+    profiles_file = data_dir / "profiles" / "profiles.csv"
+    profiles = pl.read_csv(profiles_file, infer_schema_length=0)
+    # a broken upstream export: most EU profiles lost their country code
+    broken = profiles.with_columns(
+        pl.when(pl.col("country_code") != "FR")
+        .then(None)
+        .otherwise(pl.col("country_code"))
+        .alias("country_code")
+    )
+    broken.write_csv(profiles_file)
+    sandbox.reset_request_log()
+    result = export(data_dir, partitions=[name])
+    assert not result.success
+    assert "brake" in step_failure_messages(result) and name in step_failure_messages(result)
+    assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE")] == []
+    assert sandbox.list_member_emails(config.destination(name).list_id) == before
+    result = export(data_dir, partitions=[name], tags={"sendgrid/allow_mass_removal": "true"})
+    assert result.success, step_failure_messages(result)
+    assert (
+        sandbox.list_member_emails(config.destination(name).list_id)
+        == expected_members(data_dir)[name]
+    )

@@ -9,6 +9,7 @@ from sendgrid_pipeline.assets.common import (
     DRY_RUN_TAG,
     GROUP,
     OWNERS,
+    RECONCILE_TAG,
     markdown_table,
     per_partition_metadata,
     tag_is_true,
@@ -35,6 +36,10 @@ class SyncConfig(dg.Config):
     dry_run: bool = Field(default=False, description="Plan and report, send nothing.")
     allow_mass_removal: bool = Field(
         default=False, description="Override the removal brake for this run."
+    )
+    reconcile: bool = Field(
+        default=False,
+        description="Read the list's true membership (exports API) before planning.",
     )
 
 
@@ -68,6 +73,8 @@ def report_metadata(report: SyncReport) -> dict:
         "removed": report.removed,
         "rejected_by_sendgrid": report.rejected.height,
         "recovered_jobs": report.recovered_jobs,
+        "reconciled": report.reconciled or "no",
+        "unmanaged_kept": report.plan.unmanaged_kept,
         "jobs": len(report.job_ids),
         "list_contact_count_before": report.list_count_before,
         "list_contact_count": report.list_count_after,
@@ -111,6 +118,7 @@ def build_sync_asset(
         store = sync_state.store()
         dry_run = config.dry_run or tag_is_true(context, DRY_RUN_TAG)
         override = config.allow_mass_removal or tag_is_true(context, ALLOW_MASS_REMOVAL_TAG)
+        reconcile = config.reconcile or tag_is_true(context, RECONCILE_TAG)
         per_destination: dict[str, dict] = {}
         failures: dict[str, str] = {}
         retryable = False
@@ -125,6 +133,7 @@ def build_sync_asset(
                     dry_run=dry_run,
                     max_removal_share=destination.max_removal_share,
                     allow_mass_removal=override or destination.allow_mass_removal,
+                    reconcile=reconcile,
                 )
                 client = sendgrid.client(destination.api_key_env)
                 sync = DestinationSync(client, store, destination, context.log, options)

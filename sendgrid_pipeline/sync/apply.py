@@ -18,7 +18,7 @@ import polars as pl
 
 from sendgrid_pipeline.config import Destination
 from sendgrid_pipeline.privacy import mask_email_expr
-from sendgrid_pipeline.sendgrid.batching import iter_upsert_batches
+from sendgrid_pipeline.sendgrid.batching import MAX_CONTACTS_PER_UPSERT, iter_upsert_batches
 from sendgrid_pipeline.sendgrid.client import (
     REMOVE_IDS_PER_REQUEST,
     SEARCH_EMAILS_MAX,
@@ -28,6 +28,7 @@ from sendgrid_pipeline.sendgrid.client import (
 from sendgrid_pipeline.sendgrid.errors import SendGridNotFoundError
 from sendgrid_pipeline.state import PendingJob, SyncStateStore
 from sendgrid_pipeline.sync.plan import SyncPlan, build_plan
+from sendgrid_pipeline.sync.reconcile import read_list_members, reconciled_members
 
 REJECTED_SCHEMA = {"email": pl.String, "reason": pl.String, "detail": pl.String}
 
@@ -42,6 +43,8 @@ class SyncOptions:
     max_removal_share: float = 0.2
     min_removals_for_brake: int = 10
     allow_mass_removal: bool = False
+    reconcile: bool = False
+    max_contacts_per_upsert: int = MAX_CONTACTS_PER_UPSERT
 
 
 @dataclass
@@ -57,6 +60,7 @@ class SyncReport:
     updated: int = 0
     removed: int = 0
     recovered_jobs: int = 0
+    reconciled: str = ""  # why the record was rebuilt from the list, or "" when it was not
     job_ids: list[str] = field(default_factory=list)
     rejected: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=REJECTED_SCHEMA))
     list_count_before: int = 0
@@ -90,13 +94,19 @@ class DestinationSync:
         started = time.monotonic()
         before = self._list_contact_count()
         recovered, recovered_rejections = self._settle_pending()
-        plan = build_plan(desired.select("email", "contact_json"), self._recorded())
+        desired = desired.select("email", "contact_json")
+        recorded = self._recorded()
+        reason = self._reconcile_reason(recorded, before)
+        if reason:
+            recorded = self._reconcile(desired, recorded, reason)
+        plan = build_plan(desired, recorded)
         report = SyncReport(
             self.destination.name,
             self.list_id,
             plan,
             dry_run=self.options.dry_run,
             recovered_jobs=recovered,
+            reconciled=reason,
             list_count_before=before,
         )
         self.log.info(
@@ -135,6 +145,36 @@ class DestinationSync:
     def _recorded(self) -> pl.DataFrame:
         return self.store.members(self.destination.name, self.list_id)
 
+    # -- reconcile -------------------------------------------------------------------------
+    def _reconcile_reason(self, recorded: pl.DataFrame, list_count: int) -> str:
+        if self.options.reconcile:
+            return "requested"
+        if not self.store.is_known(self.destination.name, self.list_id):
+            return "no record of this list yet"
+        if list_count < recorded.height:
+            return f"the list holds {list_count} contacts but {recorded.height} are recorded"
+        return ""
+
+    def _reconcile(
+        self, desired: pl.DataFrame, recorded: pl.DataFrame, reason: str
+    ) -> pl.DataFrame:
+        """Read the list's true membership and rebuild the record (kept in memory on dry runs)."""
+        fields = list(self.destination.field_mapping.as_dict())
+        on_list = read_list_members(self.client, self.list_id, fields)
+        rebuilt = reconciled_members(
+            on_list, recorded, desired["email"], self.destination.owns_list
+        )
+        if not self.options.dry_run:
+            self.store.replace_members(self.destination.name, self.list_id, rebuilt)
+        self.log.info(
+            "%s: reconciled with the list (%s): %d contacts on it, %d managed by us",
+            self.destination.name,
+            reason,
+            rebuilt.height,
+            int(rebuilt["managed"].sum()),
+        )
+        return rebuilt
+
     def _brake(self, plan: SyncPlan) -> None:
         removes = plan.removes.height
         recorded = plan.list_members_before
@@ -160,7 +200,13 @@ class DestinationSync:
     # -- upserts ---------------------------------------------------------------------------
     def _apply_upserts(self, plan: SyncPlan, report: SyncReport) -> pl.DataFrame:
         rows = plan.upserts.select("email", "contact_json")
-        batches = list(iter_upsert_batches(rows["contact_json"], [self.list_id]))
+        batches = list(
+            iter_upsert_batches(
+                rows["contact_json"],
+                [self.list_id],
+                max_contacts=self.options.max_contacts_per_upsert,
+            )
+        )
         submitted: list[tuple[str, pl.DataFrame]] = []
         for number, batch in enumerate(batches, 1):
             job_id = self.client.upsert_contacts(batch.body, batch.size)

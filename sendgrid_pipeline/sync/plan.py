@@ -19,7 +19,8 @@ class SyncPlan:
     upserts: pl.DataFrame  # email, contact_json, action ('add' | 'update'), email order
     removes: pl.DataFrame  # email, contact_id (null when not yet known)
     unchanged: int
-    list_members_before: int  # members we had recorded
+    list_members_before: int  # members we manage on the list
+    unmanaged_kept: int = 0  # on the list, not in the segments, not put there by us
 
     @property
     def adds(self) -> int:
@@ -47,7 +48,11 @@ class SyncPlan:
 
 
 def build_plan(desired: pl.DataFrame, recorded: pl.DataFrame) -> SyncPlan:
-    """`desired`: email, contact_json. `recorded`: email, contact_id, contact_json (state)."""
+    """`desired`: email, contact_json. `recorded`: email, contact_id, contact_json, managed.
+
+    Members recorded as not managed (on the list before us) are updated while they are in
+    the segments but never removed.
+    """
     joined = desired.join(
         recorded.rename({"contact_json": "recorded_json"}),
         on="email",
@@ -57,8 +62,10 @@ def build_plan(desired: pl.DataFrame, recorded: pl.DataFrame) -> SyncPlan:
     action = (
         pl.when(pl.col("recorded_json").is_null())
         .then(pl.lit("add"))
-        .when(pl.col("contact_json").is_null())
+        .when(pl.col("contact_json").is_null() & pl.col("managed"))
         .then(pl.lit("remove"))
+        .when(pl.col("contact_json").is_null())
+        .then(pl.lit("unmanaged"))
         .when(pl.col("contact_json") != pl.col("recorded_json"))
         .then(pl.lit("update"))
         .otherwise(pl.lit("unchanged"))
@@ -72,10 +79,11 @@ def build_plan(desired: pl.DataFrame, recorded: pl.DataFrame) -> SyncPlan:
     removes = (
         joined.filter(pl.col("action") == "remove").select("email", "contact_id").sort("email")
     )
-    unchanged = joined.filter(pl.col("action") == "unchanged").height
+    counts = dict(joined.group_by("action").len().iter_rows())
     return SyncPlan(
         upserts=upserts,
         removes=removes,
-        unchanged=unchanged,
-        list_members_before=recorded.height,
+        unchanged=counts.get("unchanged", 0),
+        list_members_before=int(recorded["managed"].sum()),
+        unmanaged_kept=counts.get("unmanaged", 0),
     )

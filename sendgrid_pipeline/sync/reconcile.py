@@ -1,0 +1,56 @@
+"""Rebuild a destination's record from the list's true membership (the exports API).
+
+Runs when the state has no record of the list (first sync, or a lost state file), when the
+list holds fewer contacts than we recorded (edited in SendGrid), or on request. Contacts on
+the list that are in the destination's segments are ours to manage from then on; the others
+are left alone unless the destination owns its list (`owns_list: true`).
+"""
+
+from __future__ import annotations
+
+import io
+
+import polars as pl
+
+from sendgrid_pipeline.sendgrid.client import SendGridClient
+from sendgrid_pipeline.state import MEMBER_SCHEMA
+from sendgrid_pipeline.transform import contact_json
+
+
+def read_list_members(client: SendGridClient, list_id: str, fields: list[str]) -> pl.DataFrame:
+    """email, contact_id, contact_json (as we would send it) for every contact on a list."""
+    export_id = client.start_export([list_id], file_type="json")
+    parts = []
+    for url in client.wait_for_export(export_id):
+        content = client.download(url)
+        if content.strip():
+            parts.append(pl.read_ndjson(io.BytesIO(content), infer_schema_length=None))
+    columns = {"contact_id": pl.String, **{f: pl.String for f in fields}}
+    if not parts:
+        return pl.DataFrame(schema={k: v for k, v in MEMBER_SCHEMA.items() if k != "managed"})
+    exported = pl.concat(parts, how="diagonal_relaxed")
+    exported = exported.with_columns(
+        [
+            (pl.col(c).cast(pl.String) if c in exported.columns else pl.lit(None, t)).alias(c)
+            for c, t in columns.items()
+        ]
+    ).with_columns(pl.col("email").str.strip_chars().str.to_lowercase())
+    exported = exported.filter(pl.col("email").is_not_null() & (pl.col("email") != ""))
+    return exported.select("email", "contact_id").with_columns(contact_json(exported, fields))
+
+
+def reconciled_members(
+    on_list: pl.DataFrame,
+    recorded: pl.DataFrame,
+    desired_emails: pl.Series,
+    owns_list: bool,
+) -> pl.DataFrame:
+    """The record the state should hold: exactly the list, with who manages each member."""
+    known = recorded.select("email", pl.col("managed").alias("was_managed"))
+    in_segments = pl.col("email").is_in(desired_emails.implode())
+    managed = pl.coalesce("was_managed", in_segments | pl.lit(owns_list))
+    return (
+        on_list.join(known, on="email", how="left")
+        .with_columns(managed.alias("managed"))
+        .select(list(MEMBER_SCHEMA))
+    )
