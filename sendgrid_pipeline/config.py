@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import yaml
@@ -87,6 +87,11 @@ class Destination(_Strict):
     )
     allow_mass_removal: bool = Field(
         default=False, description="Override the brake for this destination (use with care)."
+    )
+    on_rejected_rows: Literal["warn", "fail"] = Field(
+        default="warn",
+        description="When SendGrid rejects some rows (an errored job or a 400 for one value): "
+        "'warn' finishes the sync and reports them; 'fail' also fails the step afterwards.",
     )
     owns_list: bool = Field(
         default=False,

@@ -1,5 +1,7 @@
 """sendgrid_list_sync: make each destination's SendGrid list hold exactly its contacts."""
 
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 from pydantic import Field
@@ -87,6 +89,14 @@ def report_metadata(report: SyncReport) -> dict:
     }
 
 
+def write_sendgrid_rejections(pipeline: PipelineConfig, key: str, rejected: pl.DataFrame) -> Path:
+    """Rows SendGrid itself refused, beside the contacts asset's rejected-rows report."""
+    path = pipeline.data_dir / "reports" / "rejected" / f"{key}.sendgrid.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rejected.write_csv(path)
+    return path
+
+
 def build_sync_asset(
     pipeline: PipelineConfig, partitions: dg.PartitionsDefinition
 ) -> dg.AssetsDefinition:
@@ -158,8 +168,25 @@ def build_sync_asset(
                 report.list_count_after,
             )
             per_destination[key] = report_metadata(report)
+            if report.rejected.height:
+                path = write_sendgrid_rejections(pipeline, key, report.rejected)
+                per_destination[key]["rejected_by_sendgrid_report"] = dg.MetadataValue.path(
+                    str(path)
+                )
+                context.log.warning(
+                    "%s: SendGrid rejected %d row(s); they are not recorded as synced and are "
+                    "retried on the next sync. Details: %s",
+                    key,
+                    report.rejected.height,
+                    path,
+                )
+                if destination.on_rejected_rows == "fail":
+                    failures[key] = (
+                        f"SendGrid rejected {report.rejected.height} row(s) (on_rejected_rows: "
+                        f"fail); every other contact was synced. Details: {path}"
+                    )
         if failures:
-            for key, metadata in per_destination.items():  # what did succeed stays visible
+            for key, metadata in per_destination.items():  # what was synced stays visible
                 context.log_event(
                     dg.AssetObservation(context.asset_key, partition=key, metadata=metadata)
                 )

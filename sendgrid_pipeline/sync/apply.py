@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from sendgrid_pipeline.sendgrid.client import (
     ImportJob,
     SendGridClient,
 )
-from sendgrid_pipeline.sendgrid.errors import SendGridNotFoundError
+from sendgrid_pipeline.sendgrid.errors import SendGridBadRequestError, SendGridNotFoundError
 from sendgrid_pipeline.state import PendingJob, SyncStateStore
 from sendgrid_pipeline.sync.plan import SyncPlan, build_plan
 from sendgrid_pipeline.sync.reconcile import read_list_members, reconciled_members
@@ -208,15 +209,10 @@ class DestinationSync:
             )
         )
         submitted: list[tuple[str, pl.DataFrame]] = []
+        rejected = [pl.DataFrame(schema=REJECTED_SCHEMA)]
         for number, batch in enumerate(batches, 1):
-            job_id = self.client.upsert_contacts(batch.body, batch.size)
-            self._crash_hook("upsert_sent")
             batch_rows = rows.slice(batch.start, batch.size)
-            self.store.add_pending(
-                job_id, self.destination.name, self.list_id, "upsert", batch_rows
-            )
-            report.job_ids.append(job_id)
-            submitted.append((job_id, batch_rows))
+            rejected.append(self._submit(batch_rows, batch.body, submitted, report))
             self.log.info(
                 "%s: upsert batch %d of %d: %d contacts, %d bytes, job %s",
                 self.destination.name,
@@ -224,10 +220,8 @@ class DestinationSync:
                 len(batches),
                 batch.size,
                 len(batch.body),
-                job_id,
+                submitted[-1][0] if submitted else "(none: every row rejected)",
             )
-            self._crash_hook("upsert_recorded")
-        rejected = []
         for job_id, batch_rows in submitted:
             job = self.client.wait_for_job(job_id)
             self._crash_hook("upsert_confirmed")
@@ -236,7 +230,78 @@ class DestinationSync:
             report.created += job.count("created_count")
             report.updated += job.count("updated_count")
             rejected.append(batch_rejected)
-        return pl.concat(rejected) if rejected else pl.DataFrame(schema=REJECTED_SCHEMA)
+        return pl.concat(rejected)
+
+    def _submit(
+        self,
+        rows: pl.DataFrame,
+        body: bytes | None,
+        submitted: list[tuple[str, pl.DataFrame]],
+        report: SyncReport,
+    ) -> pl.DataFrame:
+        """PUT rows; when SendGrid rejects the whole request (400/413), isolate the bad rows.
+
+        Rows a 400 names by index are rejected and the rest resent at once; otherwise the
+        batch is halved until the offending rows stand alone. Returns the rejected rows.
+        """
+        if body is None:
+            body = next(iter_upsert_batches(rows["contact_json"], [self.list_id], rows.height)).body
+        try:
+            job_id = self.client.upsert_contacts(body, rows.height)
+        except SendGridBadRequestError as error:
+            return self._isolate(rows, error, submitted, report)
+        self._crash_hook("upsert_sent")
+        self.store.add_pending(job_id, self.destination.name, self.list_id, "upsert", rows)
+        report.job_ids.append(job_id)
+        submitted.append((job_id, rows))
+        self._crash_hook("upsert_recorded")
+        return pl.DataFrame(schema=REJECTED_SCHEMA)
+
+    def _isolate(
+        self,
+        rows: pl.DataFrame,
+        error: SendGridBadRequestError,
+        submitted: list[tuple[str, pl.DataFrame]],
+        report: SyncReport,
+    ) -> pl.DataFrame:
+        messages: dict[int, list[str]] = {}
+        for detail in error.details:
+            found = re.match(r"contacts\[(\d+)\]", detail.field or "")
+            if found and int(found.group(1)) < rows.height and error.status == 400:
+                messages.setdefault(int(found.group(1)), []).append(
+                    f"{detail.field}: {detail.message}"
+                )
+        if messages:
+            bad = pl.Series("index", sorted(messages), dtype=pl.UInt32)
+            indexed = rows.with_row_index("index")
+            rejected = indexed.join(bad.to_frame(), on="index", how="semi").select(
+                "email",
+                pl.lit("sendgrid_rejected").alias("reason"),
+                pl.Series("detail", ["; ".join(messages[i]) for i in bad.to_list()]),
+            )
+            rest = indexed.join(bad.to_frame(), on="index", how="anti").drop("index")
+            self.log.warning(
+                "%s: SendGrid rejected a batch for %d row(s); resending the other %d",
+                self.destination.name,
+                rejected.height,
+                rest.height,
+            )
+            if rest.height:
+                rejected = pl.concat([rejected, self._submit(rest, None, submitted, report)])
+            return rejected
+        if rows.height == 1:
+            return rows.select(
+                "email",
+                pl.lit("sendgrid_rejected").alias("reason"),
+                pl.lit(str(error)).alias("detail"),
+            )
+        half = rows.height // 2
+        return pl.concat(
+            [
+                self._submit(rows.head(half), None, submitted, report),
+                self._submit(rows.slice(half), None, submitted, report),
+            ]
+        )
 
     def _settle_upsert(self, job: ImportJob, rows: pl.DataFrame) -> tuple[int, pl.DataFrame]:
         """Record a terminal upsert job's accepted rows; return (accepted, rejected rows)."""

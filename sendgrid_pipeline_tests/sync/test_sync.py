@@ -2,96 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from pathlib import Path
-
-import polars as pl
 import pytest
 
-from sendgrid_pipeline.config import Destination, FieldMapping
-from sendgrid_pipeline.sandbox import SandboxServer
 from sendgrid_pipeline.sendgrid.client import SendGridClient
-from sendgrid_pipeline.state import SyncStateStore
-from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions, SyncRefused
-from sendgrid_pipeline.transform import contact_json
-
-LIST_ID = "5d0c4f2a-8a1b-4c3d-9e8f-0a1b2c3d4e5f"
-DESTINATION = Destination(
-    name="test_dest",
-    display_name="Test",
-    list_id=LIST_ID,
-    consent=True,
-    field_mapping=FieldMapping(email="email", first_name="first_name"),
-    segments=("s",),
+from sendgrid_pipeline.sync.apply import SyncRefused
+from sendgrid_pipeline_tests.sync.support import (
+    DESTINATION,
+    LIST_ID,
+    Crash,
+    emails,
+    on_list,
+    people,
+    recorded,
+    sent_contacts,
+    sync,
 )
-log = logging.getLogger("test_sync")
-
-
-class Crash(Exception):
-    """Stands for the process dying at a given step."""
-
-
-@pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(lists={LIST_ID: "Test list"}, job_delay_seconds=0.01) as server:
-        yield server
-
-
-@pytest.fixture
-def state_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "sync_state.sqlite"
-
-
-def people(*names: str, renamed: dict[str, str] | None = None) -> pl.DataFrame:
-    """Desired contacts: `name@example.com` with first_name = name (or a new name)."""
-    renamed = renamed or {}
-    frame = pl.DataFrame(
-        {
-            "email": [f"{n}@example.com" for n in names],
-            "first_name": [renamed.get(n, n.title()) for n in names],
-        },
-        schema={"email": pl.String, "first_name": pl.String},
-    )
-    return frame.select("email").with_columns(contact_json(frame, ["email", "first_name"]))
-
-
-def sync(
-    sandbox: SandboxServer,
-    state_path: Path,
-    desired: pl.DataFrame,
-    crash_at: tuple[str, int] | None = None,
-    destination: Destination = DESTINATION,
-    **options,
-):
-    client = SendGridClient(sandbox.api_key, sandbox.base_url, poll_interval_seconds=0.01)
-    seen: dict[str, int] = {}
-
-    def hook(step: str) -> None:
-        seen[step] = seen.get(step, 0) + 1
-        if crash_at and crash_at == (step, seen[step]):
-            raise Crash(step)
-
-    engine = DestinationSync(
-        client, SyncStateStore(state_path), destination, log, SyncOptions(**options), hook
-    )
-    return engine.run(desired)
-
-
-def on_list(sandbox: SandboxServer) -> set[str]:
-    return sandbox.list_member_emails(LIST_ID)
-
-
-def emails(frame: pl.DataFrame) -> set[str]:
-    return set(frame["email"])
-
-
-def sent_contacts(sandbox: SandboxServer) -> int:
-    return sum(r.contacts for r in sandbox.requests if r.method == "PUT")
-
-
-def recorded(state_path: Path) -> set[str]:
-    return emails(SyncStateStore(state_path).members(DESTINATION.name, LIST_ID))
 
 
 def test_join_change_leave_rejoin_keeps_the_list_exact(sandbox, state_path) -> None:

@@ -1,0 +1,81 @@
+"""Shared pieces of the sync tests: one list, one destination, desired-contact builders."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from sendgrid_pipeline.config import Destination, FieldMapping
+from sendgrid_pipeline.sandbox import SandboxServer
+from sendgrid_pipeline.sendgrid.client import SendGridClient
+from sendgrid_pipeline.state import SyncStateStore
+from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
+from sendgrid_pipeline.transform import contact_json
+
+LIST_ID = "5d0c4f2a-8a1b-4c3d-9e8f-0a1b2c3d4e5f"
+DESTINATION = Destination(
+    name="test_dest",
+    display_name="Test",
+    list_id=LIST_ID,
+    consent=True,
+    field_mapping=FieldMapping(email="email", first_name="first_name"),
+    segments=("s",),
+)
+log = logging.getLogger("test_sync")
+
+
+class Crash(Exception):
+    """Stands for the process dying at a given step."""
+
+
+def people(*names: str, renamed: dict[str, str] | None = None) -> pl.DataFrame:
+    """Desired contacts: `name@example.com` with first_name = name (or a new name)."""
+    renamed = renamed or {}
+    frame = pl.DataFrame(
+        {
+            "email": [f"{n}@example.com" for n in names],
+            "first_name": [renamed.get(n, n.title()) for n in names],
+        },
+        schema={"email": pl.String, "first_name": pl.String},
+    )
+    return frame.select("email").with_columns(contact_json(frame, ["email", "first_name"]))
+
+
+def sync(
+    sandbox: SandboxServer,
+    state_path: Path,
+    desired: pl.DataFrame,
+    crash_at: tuple[str, int] | None = None,
+    destination: Destination = DESTINATION,
+    **options,
+):
+    client = SendGridClient(sandbox.api_key, sandbox.base_url, poll_interval_seconds=0.01)
+    seen: dict[str, int] = {}
+
+    def hook(step: str) -> None:
+        seen[step] = seen.get(step, 0) + 1
+        if crash_at and crash_at == (step, seen[step]):
+            raise Crash(step)
+
+    engine = DestinationSync(
+        client, SyncStateStore(state_path), destination, log, SyncOptions(**options), hook
+    )
+    return engine.run(desired)
+
+
+def on_list(sandbox: SandboxServer) -> set[str]:
+    return sandbox.list_member_emails(LIST_ID)
+
+
+def emails(frame: pl.DataFrame) -> set[str]:
+    return set(frame["email"])
+
+
+def sent_contacts(sandbox: SandboxServer) -> int:
+    return sum(r.contacts for r in sandbox.requests if r.method == "PUT")
+
+
+def recorded(state_path: Path) -> set[str]:
+    return emails(SyncStateStore(state_path).members(DESTINATION.name, LIST_ID))
