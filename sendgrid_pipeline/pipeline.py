@@ -14,7 +14,7 @@ from sendgrid_pipeline.assets.profiles import build_profiles_asset
 from sendgrid_pipeline.assets.segments import build_segments_asset
 from sendgrid_pipeline.assets.sync import build_sync_asset
 from sendgrid_pipeline.config import PipelineConfig, load_config
-from sendgrid_pipeline.errors import ProfileDataError
+from sendgrid_pipeline.errors import ConfigError, ProfileDataError
 from sendgrid_pipeline.io_manager import PolarsParquetIOManager
 from sendgrid_pipeline.profile_source import FileProfileSource
 from sendgrid_pipeline.schedules import build_refresh_schedule
@@ -34,7 +34,13 @@ def load_validated_config(directory: Path | str | None = None) -> PipelineConfig
         schema = source.schema(config.mapped_columns())
     except ProfileDataError:
         return config  # no profiles yet: the unified_profiles asset reports it when run
-    config.validate_against_profiles(schema, str(config.profiles_dir))
+    try:
+        config.validate_against_profiles(schema, str(config.profiles_dir))
+    except ConfigError:
+        # A broken file can make the inferred types lie (a ragged CSV row reads as text);
+        # name the file's own problem first when there is one.
+        source.read(config.mapped_columns())
+        raise
     return config
 
 

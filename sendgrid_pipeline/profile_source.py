@@ -72,6 +72,8 @@ class FileProfileSource(dg.ConfigurableResource):
                     if c in schema and schema[c] != pl.String
                 ]
                 return frame.with_columns(casts) if casts else frame
+            if file.stat().st_size == 0:
+                raise ProfileDataError(f"{file}: empty file (no header row)")
             header = pl.read_csv(file, n_rows=0).columns
             if not header:
                 raise ProfileDataError(f"{file}: empty file (no header row)")

@@ -34,8 +34,12 @@ def export(
 
 
 def step_failure_messages(result: dg.ExecuteInProcessResult) -> str:
-    return "\n".join(
-        event.event_specific_data.error.message
-        for event in result.all_events
-        if event.event_type_value == "STEP_FAILURE"
-    )
+    """Every step failure's message with its causes, as the UI shows them."""
+    messages = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            error = event.event_specific_data.error
+            while error is not None:
+                messages.append(error.message)
+                error = error.cause
+    return "\n".join(messages)
