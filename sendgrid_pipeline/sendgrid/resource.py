@@ -17,6 +17,7 @@ class SendGridResource(dg.ConfigurableResource):
     """SendGrid Marketing API access. Destinations may name their own key variable."""
 
     api_key: str = Field(
+        repr=False,  # never in a repr, a log line or an error
         description="SendGrid API key with Marketing access; pass dg.EnvVar('SENDGRID_API_KEY').",
     )
     base_url: str = Field(
