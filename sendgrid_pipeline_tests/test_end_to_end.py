@@ -38,14 +38,16 @@ def expected_members(data_dir: Path) -> dict[str, set[str]]:
     sql = pl.SQLContext(profiles=typed)
     expected: dict[str, set[str]] = {}
     for destination in config.destinations:
-        ids: set[str] = set()
-        for segment_id in destination.segments:
-            rule = config.segment(segment_id).rule
-            ids |= set(
-                sql.execute(f"SELECT customer_id FROM profiles WHERE {rule}", eager=True)[
-                    "customer_id"
-                ]
-            )
+        def members(segment_id: str) -> set[str]:
+            segment = config.segment(segment_id)
+            if segment.membership_file:
+                listed = pl.read_csv(data_dir / segment.membership_file, infer_schema_length=0)
+                return set(listed["customer_id"]) & set(typed["customer_id"])
+            query = f"SELECT customer_id FROM profiles WHERE {segment.rule}"
+            return set(sql.execute(query, eager=True)["customer_id"])
+
+        ids: set[str] = set().union(*(members(s) for s in destination.segments))
+        ids -= set().union(*(members(s) for s in destination.exclude_segments))
         mapping = destination.field_mapping.as_dict()
         best: dict[str, str] = {}
         for row in typed.filter(pl.col("customer_id").is_in(list(ids))).iter_rows(named=True):
@@ -57,7 +59,7 @@ def expected_members(data_dir: Path) -> dict[str, set[str]]:
             if any(
                 len((row[col] or "").strip()) > LIMITS.get(field, 10**9)
                 for field, col in mapping.items()
-                if field != "email"
+                if field != "email" and col in row
             ):
                 continue
             if email not in best or row["customer_id"] < best[email]:

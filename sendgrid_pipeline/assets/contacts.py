@@ -39,7 +39,7 @@ with warnings.catch_warnings():  # the dagster-pandas type factory is marked bet
         columns=[
             PandasColumn.string_column("destination", non_nullable=True),
             PandasColumn.string_column("customer_id", non_nullable=True),
-            PandasColumn.categorical_column("reason", categories=set(REJECTION_REASONS)),
+            PandasColumn.string_column("reason", non_nullable=True),
         ],
     )
 
@@ -120,6 +120,9 @@ def build_contacts_asset(
                 "contacts": result.accepted.height,
                 "rejected": result.rejected.height,
                 **{f"rejected_{r}": int(by_reason.get(r, 0)) for r in REJECTION_REASONS},
+                **{f"rejected_{r}": int(n) for r, n in by_reason.items()},
+                "segments": ", ".join(destination.segments),
+                "excluded_segments": ", ".join(destination.exclude_segments) or "(none)",
                 "profile_cap": destination.profile_cap,
                 "rejected_sample (masked)": markdown_table(masked),
                 "rejected_report": dg.MetadataValue.path(str(report_path)),

@@ -27,7 +27,7 @@ from sendgrid_pipeline.sync.apply import (
     SyncReport,
     masked_rejections,
 )
-from sendgrid_pipeline.transform import contact_json
+from sendgrid_pipeline.sync.custom_fields import resolve_custom_field_ids
 
 SENDGRID_LIST_URL = "https://mc.sendgrid.com/contacts/lists/{list_id}"
 
@@ -137,8 +137,6 @@ def build_sync_asset(
             contacts = sendgrid_contacts.filter(pl.col("destination") == key)
             try:
                 preflight(destination, contacts)
-                fields = list(destination.field_mapping.as_dict())
-                desired = contacts.select("email").with_columns(contact_json(contacts, fields))
                 options = SyncOptions(
                     dry_run=dry_run,
                     max_removal_share=destination.max_removal_share,
@@ -146,8 +144,11 @@ def build_sync_asset(
                     reconcile=reconcile,
                 )
                 client = sendgrid.client(destination.api_key_env)
-                sync = DestinationSync(client, store, destination, context.log, options)
-                report = sync.run(desired)
+                custom_ids = resolve_custom_field_ids(client, destination, context.log, dry_run)
+                sync = DestinationSync(
+                    client, store, destination, context.log, options, custom_ids=custom_ids
+                )
+                report = sync.run(contacts)
             except (SyncRefused, SendGridError, SendGridJobError, ValueError) as error:
                 context.log.error("%s: %s", key, error)
                 failures[key] = str(error)

@@ -368,6 +368,14 @@ class SendGridClient:
     def field_definitions(self) -> dict[str, Any]:
         return self.make_request("GET", "/v3/marketing/field_definitions").json()
 
+    def create_field_definition(self, name: str, field_type: str) -> dict[str, Any]:
+        """Create a custom field ("Text", "Number" or "Date"); returns {id, name, field_type}."""
+        return self.make_request(
+            "POST",
+            "/v3/marketing/field_definitions",
+            json_body={"name": name, "field_type": field_type},
+        ).json()
+
     def start_export(self, list_ids: list[str], file_type: str = "json") -> str:
         response = self.make_request(
             "POST",

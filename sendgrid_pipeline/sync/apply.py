@@ -28,8 +28,9 @@ from sendgrid_pipeline.sendgrid.client import (
 )
 from sendgrid_pipeline.sendgrid.errors import SendGridBadRequestError, SendGridNotFoundError
 from sendgrid_pipeline.state import PendingJob, SyncStateStore
-from sendgrid_pipeline.sync.plan import SyncPlan, build_plan
+from sendgrid_pipeline.sync.plan import SyncPlan, build_plan, carry_identifiers
 from sendgrid_pipeline.sync.reconcile import read_list_members, reconciled_members
+from sendgrid_pipeline.transform import contact_json
 
 REJECTED_SCHEMA = {"email": pl.String, "reason": pl.String, "detail": pl.String}
 
@@ -80,6 +81,7 @@ class DestinationSync:
         log: logging.Logger | logging.LoggerAdapter,
         options: SyncOptions | None = None,
         crash_hook: Callable[[str], None] | None = None,
+        custom_ids: dict[str, str] | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -88,18 +90,24 @@ class DestinationSync:
         self.log = log
         self.options = options or SyncOptions()
         self._crash_hook = crash_hook or (lambda _step: None)
+        self.custom_ids = custom_ids or {}
 
     # -- entry point -----------------------------------------------------------------------
-    def run(self, desired: pl.DataFrame) -> SyncReport:
-        """`desired`: email, contact_json for every contact the list must hold."""
+    def run(self, contacts: pl.DataFrame) -> SyncReport:
+        """`contacts`: one row per contact the list must hold, with its mapped field columns."""
         started = time.monotonic()
         before = self._list_contact_count()
         recovered, recovered_rejections = self._settle_pending()
-        desired = desired.select("email", "contact_json")
         recorded = self._recorded()
         reason = self._reconcile_reason(recorded, before)
         if reason:
-            recorded = self._reconcile(desired, recorded, reason)
+            recorded = self._reconcile(contacts, recorded, reason)
+        identifiers = self.destination.field_mapping.identifiers()
+        contacts = carry_identifiers(contacts, recorded, identifiers)
+        fields = list(self.destination.field_mapping.as_dict())
+        desired = contacts.select("email").with_columns(
+            contact_json(contacts, fields, self.custom_ids)
+        )
         plan = build_plan(desired, recorded)
         report = SyncReport(
             self.destination.name,
@@ -161,7 +169,7 @@ class DestinationSync:
     ) -> pl.DataFrame:
         """Read the list's true membership and rebuild the record (kept in memory on dry runs)."""
         fields = list(self.destination.field_mapping.as_dict())
-        on_list = read_list_members(self.client, self.list_id, fields)
+        on_list = read_list_members(self.client, self.list_id, fields, self.custom_ids)
         rebuilt = reconciled_members(
             on_list, recorded, desired["email"], self.destination.owns_list
         )

@@ -87,3 +87,26 @@ def build_plan(desired: pl.DataFrame, recorded: pl.DataFrame) -> SyncPlan:
         list_members_before=int(recorded["managed"].sum()),
         unmanaged_kept=counts.get("unmanaged", 0),
     )
+
+
+def carry_identifiers(
+    contacts: pl.DataFrame, recorded: pl.DataFrame, identifiers: list[str]
+) -> pl.DataFrame:
+    """Keep each contact's identifier set: SendGrid requires every identifier a contact has
+    on each update, so one the profile lost is sent with its last recorded value."""
+    if not identifiers or recorded.height == 0:
+        return contacts
+    previous = recorded.select(
+        "email",
+        *[
+            pl.col("contact_json").str.json_path_match(f"$.{field}").alias(f"_recorded.{field}")
+            for field in identifiers
+        ],
+    )
+    return (
+        contacts.join(previous, on="email", how="left")
+        .with_columns(
+            [pl.coalesce(field, f"_recorded.{field}").alias(field) for field in identifiers]
+        )
+        .drop([f"_recorded.{field}" for field in identifiers])
+    )

@@ -17,7 +17,12 @@ from sendgrid_pipeline.state import MEMBER_SCHEMA
 from sendgrid_pipeline.transform import contact_json
 
 
-def read_list_members(client: SendGridClient, list_id: str, fields: list[str]) -> pl.DataFrame:
+def read_list_members(
+    client: SendGridClient,
+    list_id: str,
+    fields: list[str],
+    custom_ids: dict[str, str] | None = None,
+) -> pl.DataFrame:
     """email, contact_id, contact_json (as we would send it) for every contact on a list."""
     export_id = client.start_export([list_id], file_type="json")
     parts = []
@@ -36,7 +41,32 @@ def read_list_members(client: SendGridClient, list_id: str, fields: list[str]) -
         ]
     ).with_columns(pl.col("email").str.strip_chars().str.to_lowercase())
     exported = exported.filter(pl.col("email").is_not_null() & (pl.col("email") != ""))
-    return exported.select("email", "contact_id").with_columns(contact_json(exported, fields))
+    if "alternate_emails" in fields:
+        exported = exported.with_columns(
+            pl.col("alternate_emails").cast(pl.List(pl.String), strict=False)
+        )
+    custom_ids = custom_ids or {}
+    if custom_ids:
+        exported = exported.with_columns(_custom_columns(exported, custom_ids))
+    return exported.select("email", "contact_id").with_columns(
+        contact_json(exported, fields, custom_ids)
+    )
+
+
+def _custom_columns(exported: pl.DataFrame, custom_ids: dict[str, str]) -> list[pl.Expr]:
+    """Exports key custom fields by name; numbers are compared as floats, like we send them."""
+    has = "custom_fields" in exported.columns and isinstance(
+        exported.schema["custom_fields"], pl.Struct
+    )
+    names = {f.name for f in exported.schema["custom_fields"].fields} if has else set()
+    columns = []
+    for name in custom_ids:
+        value = pl.col("custom_fields").struct.field(name) if name in names else pl.lit(None)
+        dtype = exported.schema["custom_fields"].to_schema().get(name) if has else None
+        if dtype is not None and dtype.is_numeric():
+            value = value.cast(pl.Float64)
+        columns.append(value.alias(f"custom_fields.{name}"))
+    return columns
 
 
 def reconciled_members(

@@ -12,7 +12,6 @@ from sendgrid_pipeline.sandbox import SandboxServer
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
-from sendgrid_pipeline.transform import contact_json
 
 LIST_ID = "5d0c4f2a-8a1b-4c3d-9e8f-0a1b2c3d4e5f"
 DESTINATION = Destination(
@@ -40,7 +39,7 @@ def people(*names: str, renamed: dict[str, str] | None = None) -> pl.DataFrame:
         },
         schema={"email": pl.String, "first_name": pl.String},
     )
-    return frame.select("email").with_columns(contact_json(frame, ["email", "first_name"]))
+    return frame
 
 
 def sync(

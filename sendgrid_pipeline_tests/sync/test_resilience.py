@@ -14,7 +14,6 @@ from sendgrid_pipeline.sendgrid.errors import (
 )
 from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
-from sendgrid_pipeline.transform import contact_json
 from sendgrid_pipeline_tests.sync.support import (
     DESTINATION,
     emails,
@@ -112,8 +111,7 @@ def test_a_400_for_one_value_isolates_the_bad_rows(sandbox, state_path) -> None:
             "first_name": ["X" * 51 if i in (3, 17) else f"P{i}" for i in range(20)],
         }
     )
-    desired = frame.select("email").with_columns(contact_json(frame, ["email", "first_name"]))
-    report = run(sandbox, state_path, desired, max_contacts_per_upsert=8)
+    report = run(sandbox, state_path, frame, max_contacts_per_upsert=8)
     good = {f"p{i:02}@example.com" for i in range(20) if i not in (3, 17)}
     assert on_list(sandbox) == good
     assert set(report.rejected["email"]) == {"p03@example.com", "p17@example.com"}
