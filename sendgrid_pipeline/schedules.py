@@ -1,13 +1,15 @@
 """The scheduled refresh: every destination in one run, the shared roots computed once."""
 
 import os
+from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 REFRESH_CRON_ENV = "SENDGRID_REFRESH_CRON"
 REFRESH_TIMEZONE_ENV = "SENDGRID_REFRESH_TIMEZONE"
 DEFAULT_CRON = "0 6 * * *"
+# What dg.define_asset_job returns (its class is not part of the public API).
+AssetJob = Any
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -17,9 +19,7 @@ def refresh_all_tags(partition_keys: list[str]) -> dict[str, str]:
     return {RANGE_START_TAG: partition_keys[0], RANGE_END_TAG: partition_keys[-1]}
 
 
-def build_refresh_schedule(
-    job: UnresolvedAssetJobDefinition, partition_keys: list[str]
-) -> dg.ScheduleDefinition:
+def build_refresh_schedule(job: AssetJob, partition_keys: list[str]) -> dg.ScheduleDefinition:
     cron = os.environ.get(REFRESH_CRON_ENV) or DEFAULT_CRON
     timezone = os.environ.get(REFRESH_TIMEZONE_ENV) or "UTC"
 

@@ -7,20 +7,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
 from sendgrid_pipeline.profile_source import FileProfileSource
-from sendgrid_pipeline.schedules import refresh_all_tags
+from sendgrid_pipeline.schedules import AssetJob, refresh_all_tags
 
 REQUEST_FILE_TAG = "sendgrid/request_file"
 REQUESTED_BY_TAG = "sendgrid/requested_by"
 
 
-def build_profile_change_sensor(
-    job: UnresolvedAssetJobDefinition, partition_keys: list[str]
-) -> dg.SensorDefinition:
+def build_profile_change_sensor(job: AssetJob, partition_keys: list[str]) -> dg.SensorDefinition:
     @dg.sensor(
         name="profile_source_changed_sensor",
         job=job,
@@ -88,9 +85,7 @@ def _archive(path: Path, folder: str, note: dict) -> None:
     shutil.move(str(path), target / f"{path.stem}.{stamp}{path.suffix}")
 
 
-def build_export_request_sensor(
-    job: UnresolvedAssetJobDefinition, config: PipelineConfig
-) -> dg.SensorDefinition:
+def build_export_request_sensor(job: AssetJob, config: PipelineConfig) -> dg.SensorDefinition:
     @dg.sensor(
         name="export_request_sensor",
         job=job,
