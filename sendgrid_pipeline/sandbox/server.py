@@ -3,7 +3,9 @@
 Standard library only: a ThreadingHTTPServer speaking HTTP/1.1 keep-alive, so a requests.Session
 reuses its connections. It listens on loopback only, because it accepts a key anyone can read.
 This module is the HTTP layer: auth, rate limits, injected faults and the request log; the
-endpoints themselves are in api.py and the account state in store.py.
+endpoints themselves are in api.py and the account state in store.py. A background thread
+applies due jobs while no request is being answered, the way SendGrid works on its own time, so
+a benchmark client is not charged for the emulator's work inside its requests.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,13 +28,22 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from sendgrid_pipeline.sandbox.api import Request, Response, dispatch, error_response
+from sendgrid_pipeline.sandbox.api import (
+    Request,
+    Response,
+    dispatch,
+    error_response,
+    json_response,
+)
 from sendgrid_pipeline.sandbox.faults import FaultCounts, FaultInjector, FaultPlan, RateState
 from sendgrid_pipeline.sandbox.store import Store
 from sendgrid_pipeline.sandbox.validation import ApiError, error
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # larger bodies are not even read: 413 and close
+STATS_PATH = "/sandbox/stats"  # GET, no auth: totals of the request log (see SandboxServer.stats)
+UPSERT_PATH = "/v3/marketing/contacts"
 REVOKED_MESSAGE = "The provided authorization grant is invalid, expired, or revoked"
+APPLY_SLICE_CONTACTS = 2000  # contacts applied per store-lock hold by the background thread
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +59,7 @@ class RequestRecord:
     contacts: int  # contacts in an upsert body, else 0
     time: float  # Unix epoch seconds when it arrived
     fault: str | None = None  # the injected fault, if any
+    seconds: float = 0.0  # spent reading, checking and applying it, before the answer is written
 
 
 def require_loopback(host: str) -> None:
@@ -110,7 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Silent: the sandbox keeps its own request log (SandboxServer.requests)."""
 
     def do_GET(self) -> None:
-        self.server.sandbox._handle(self)
+        sandbox = self.server.sandbox
+        with sandbox._answering():
+            sandbox._handle(self)
 
     do_PUT = do_POST = do_DELETE = do_PATCH = do_GET
 
@@ -158,6 +173,10 @@ class SandboxServer:
         self._requests: list[RequestRecord] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._applier: threading.Thread | None = None
+        self._in_flight = 0  # requests being answered; the applier waits for 0
+        self._idle = threading.Condition()
+        self._stopping = threading.Event()
         for list_id, name in (lists or {}).items():
             self._store.create_list(name, list_id)
 
@@ -177,6 +196,11 @@ class SandboxServer:
             daemon=True,
         )
         self._thread.start()
+        self._stopping.clear()
+        self._applier = threading.Thread(
+            target=self._apply_jobs, name=f"sendgrid-sandbox-jobs-{self.port}", daemon=True
+        )
+        self._applier.start()
         return self
 
     def stop(self) -> None:
@@ -193,6 +217,13 @@ class SandboxServer:
                 connection.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._stopping.set()
+        self._store.work_added.set()
+        with self._idle:
+            self._idle.notify_all()
+        if self._applier is not None:
+            self._applier.join(timeout=5)
+            self._applier = None
 
     def __enter__(self) -> SandboxServer:
         return self.start()
@@ -241,6 +272,34 @@ class SandboxServer:
         with self._log_lock:
             self._requests.clear()
 
+    def stats(self) -> dict[str, Any]:
+        """Totals of the request log and list sizes, for a client in another process.
+
+        A benchmark runs the sandbox as a separate process, so it cannot read `requests`; it
+        reads these totals before and after a run instead. Served at GET /sandbox/stats
+        without auth (like the download URLs) and never logged itself, so reading the figures
+        does not change them.
+        """
+        requests = self.requests
+        upserts = [r for r in requests if r.method == "PUT" and r.path.rstrip("/") == UPSERT_PATH]
+        by_method: dict[str, int] = {}
+        for record in requests:
+            by_method[record.method] = by_method.get(record.method, 0) + 1
+        return {
+            "requests": len(requests),
+            "requests_by_method": by_method,
+            "body_bytes": sum(r.body_bytes for r in requests),
+            "upsert_requests": len(upserts),
+            "upsert_requests_accepted": sum(1 for r in upserts if r.status == 202),
+            "upsert_contacts": sum(r.contacts for r in upserts),
+            "upsert_body_bytes": sum(r.body_bytes for r in upserts),
+            "handling_seconds": sum(r.seconds for r in requests),
+            "upsert_handling_seconds": sum(r.seconds for r in upserts),
+            "list_sizes": self._store.list_sizes(),
+            "faults": self.fault_counts,
+            "process_cpu_seconds": time.process_time(),
+        }
+
     # -- inspection and setup helpers (each first applies the jobs that are due) ----------------
     def list_member_emails(self, list_id: str) -> set[str]:
         """Lowercase emails currently on the list (KeyError for an unknown list)."""
@@ -283,6 +342,38 @@ class SandboxServer:
             lists[str(destination["list_id"])] = str(name)
         return lists
 
+    # -- background job application ------------------------------------------------------------
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.notify_all()
+
+    def _apply_jobs(self) -> None:
+        """Apply due jobs in short slices whenever no request is being answered.
+
+        Reads still apply whatever is due first, so this changes when the work happens, never
+        what a client can observe.
+        """
+        store, stopping = self._store, self._stopping
+        while not stopping.is_set():
+            with self._idle:
+                self._idle.wait_for(lambda: not self._in_flight or stopping.is_set())
+            store.work_added.clear()
+            try:
+                wait = store.apply_due_slice(APPLY_SLICE_CONTACTS)
+            except Exception:
+                log.exception("sandbox failed to apply a job")
+                continue
+            if wait is None or wait > 0:
+                store.work_added.wait(timeout=min(wait or 1.0, 1.0))
+
     # -- HTTP ----------------------------------------------------------------------------------
     def _auth_error(self, header: str | None) -> Response | None:
         key = header[len("Bearer ") :] if header and header.startswith("Bearer ") else None
@@ -295,7 +386,7 @@ class SandboxServer:
         return None
 
     def _handle(self, handler: _Handler) -> None:
-        arrived = time.time()
+        arrived, started = time.time(), time.perf_counter()
         url = urlsplit(handler.path)
         if "Transfer-Encoding" in handler.headers:
             self._record(RequestRecord(handler.command, url.path, 411, 0, 0, arrived))
@@ -310,11 +401,21 @@ class SandboxServer:
             handler.send_error(413, f"request body too large: limit {MAX_BODY_BYTES} bytes")
             return
         body = handler.rfile.read(length) if length else b""
+        if handler.command == "GET" and url.path.rstrip("/") == STATS_PATH:
+            handler.write_response(json_response(200, self.stats()), self._injector.peek(arrived))
+            return
         outcome = self._answer(handler, url.path, url.query, body)
         status = 0 if outcome.response is None else outcome.response.status
         self._record(
             RequestRecord(
-                handler.command, url.path, status, length, outcome.contacts, arrived, outcome.fault
+                handler.command,
+                url.path,
+                status,
+                length,
+                outcome.contacts,
+                arrived,
+                outcome.fault,
+                time.perf_counter() - started,
             )
         )
         if outcome.response is None:  # dropped: no answer at all

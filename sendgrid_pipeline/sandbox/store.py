@@ -1,8 +1,10 @@
 """In-memory state of one SendGrid account: lists, contacts, custom fields and asynchronous jobs.
 
-One lock guards all of it. Jobs are applied lazily and in order, by whichever call first looks at
-the store after their delay has passed: no background thread, and the state a client can observe
-is exactly what a real asynchronous job would show.
+One lock guards all of it. Jobs are applied in order once their delay has passed, by whichever
+call first looks at the store (every read applies the jobs that are due first), so the state a
+client can observe is exactly what a real asynchronous job would show. The server also applies
+due jobs in slices while it is idle (apply_due_slice), so that, as with SendGrid, a client does
+not wait for that work in its own requests; accepting an upsert never applies earlier jobs.
 """
 
 from __future__ import annotations
@@ -145,6 +147,12 @@ class Job:
     results: dict[str, int] = field(default_factory=dict)
     finished_at: str | None = None
     errors_csv: bytes | None = None
+    # An upsert is applied in slices: how far it got, and what it counted so far.
+    applied: int = 0
+    applied_at: str | None = None
+    created: int = 0
+    updated: int = 0
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -181,39 +189,87 @@ class Store:
         self._exports: dict[str, Export] = {}
         self._pending: deque[Job | Export] = deque()
         self._contact_ids = _contact_ids()
+        self.work_added = threading.Event()  # set whenever a job or export is queued
 
     @contextmanager
-    def _locked(self, *, complete_all: bool = False) -> Iterator[None]:
+    def _locked(self, *, complete_all: bool = False, upto: str | None = None) -> Iterator[None]:
         with self._lock:
-            self._complete(time.time(), complete_all)
+            self._complete(time.time(), complete_all, upto)
             yield
 
     # -- jobs ----------------------------------------------------------------------------------
-    def _complete(self, now: float, complete_all: bool) -> None:
+    def _complete(self, now: float, complete_all: bool, upto: str | None = None) -> None:
+        """Apply the due jobs in order; with `upto`, stop once that job is applied.
+
+        A job's own view depends only on the jobs before it, so reading one job's status need
+        not wait for the later ones.
+        """
+        if upto is not None:
+            target = self._jobs.get(upto)
+            if target is None or target.finished_at is not None:
+                return
         pending = self._pending
         while pending and (complete_all or pending[0].due <= now):
             item = pending.popleft()
-            if isinstance(item, Export):
-                self._finish_export(item)
-            elif item.job_type == "upsert":
-                self._finish_upsert(item)
-            else:
-                self._finish_removal(item)
+            self._finish(item)
+            if item.id == upto:
+                return
 
-    def _finish_upsert(self, job: Job) -> None:
+    def _finish(self, item: Job | Export) -> None:
+        if isinstance(item, Export):
+            self._finish_export(item)
+        elif item.job_type == "upsert":
+            self._advance_upsert(item, None)
+        else:
+            self._finish_removal(item)
+
+    def apply_due_slice(self, max_contacts: int) -> float | None:
+        """Apply up to `max_contacts` of the first due job (an export or removal whole).
+
+        Returns 0 when more work is due, the seconds until the next job is due, or None when
+        nothing is pending. Short slices keep the lock free for requests in between.
+        """
+        with self._lock:
+            pending = self._pending
+            if not pending:
+                return None
+            item = pending[0]
+            wait = item.due - time.time()
+            if wait > 0:
+                return wait
+            try:
+                if isinstance(item, Job) and item.job_type == "upsert":
+                    done = self._advance_upsert(item, max_contacts)
+                else:
+                    self._finish(item)
+                    done = True
+            except Exception:
+                pending.popleft()  # as in _complete: a job that cannot be applied is dropped
+                raise
+            if done:
+                pending.popleft()
+            return 0.0
+
+    def _advance_upsert(self, job: Job, max_contacts: int | None) -> bool:
+        """Apply the job's next contacts (all with None); True once it is finished."""
         contacts, customs = job.payload or [], job.custom or []
-        job.payload = job.custom = None
-        now = _iso(time.time())
-        rejected: list[tuple[int, str, str]] = []
-        created = updated = 0
+        if job.applied_at is None:
+            job.applied_at = _iso(time.time())
+        now = job.applied_at
+        rejected = job.rejected
+        start = job.applied
+        end = len(contacts) if max_contacts is None else min(len(contacts), start + max_contacts)
         if job.fail:
             message = "job failed (sandbox fault: fail_jobs)"
-            rejected = [(i, c.get("email", ""), message) for i, c in enumerate(contacts)]
+            rejected.extend((i, c.get("email", ""), message) for i, c in enumerate(contacts))
             self._counts.add("failed_jobs")
+            end = len(contacts)
         else:
             reject, store = job.reject, self._contacts
             members = [self._lists[list_id].members for list_id in job.list_ids]
-            for index, contact in enumerate(contacts):
+            created = updated = 0
+            for index in range(start, end):
+                contact = contacts[index]
                 email = contact.get("email")
                 if email:
                     key = email.lower()
@@ -242,11 +298,17 @@ class Store:
                 for listed in members:  # re-attaching moves the contact to "most recent"
                     listed.pop(key, None)
                     listed[key] = None
+            job.created += created
+            job.updated += updated
+        job.applied = end
+        if end < len(contacts):
+            return False
+        job.payload = job.custom = None
         errored = len(rejected)
         job.results = {
             "requested_count": job.requested,
-            "created_count": created,
-            "updated_count": updated,
+            "created_count": job.created,
+            "updated_count": job.updated,
             "deleted_count": 0,
             "errored_count": errored,
         }
@@ -257,6 +319,8 @@ class Store:
         else:
             job.status = "failed" if errored == job.requested else "errored"
         job.finished_at = now
+        job.rejected = []
+        return True
 
     def _insert(
         self, key: str, contact: dict[str, Any], custom: dict[str, Any] | None, now: str
@@ -344,6 +408,7 @@ class Store:
             self._jobs[item.id] = item
         else:
             self._exports[item.id] = item
+        self.work_added.set()
 
     def complete_all(self) -> None:
         """Apply every pending job and export now, whatever its delay."""
@@ -383,6 +448,11 @@ class Store:
                 view["contact_sample"] = [self._render(key) for key in recent]
             return view
 
+    def list_sizes(self) -> dict[str, int]:
+        """Members per list id (applies the jobs that are due first, like every read)."""
+        with self._locked():
+            return {list_id: len(listed.members) for list_id, listed in self._lists.items()}
+
     def list_count(self, list_id: str) -> int | None:
         with self._locked():
             contact_list = self._lists.get(list_id)
@@ -401,7 +471,8 @@ class Store:
 
     # -- custom fields -------------------------------------------------------------------------
     def field_types(self) -> dict[str, str]:
-        with self._locked():
+        """Custom field id -> type. Jobs never change fields, so none is applied first."""
+        with self._lock:
             return {field_id: field_type for field_id, (_, field_type) in self._fields.items()}
 
     def define_field(self, name: object, field_type: object) -> dict[str, Any]:
@@ -483,9 +554,13 @@ class Store:
         reject_pattern: str | None = None,
         fail: bool = False,
     ) -> str:
-        """Queue validated contacts; they are applied job_delay_seconds later."""
+        """Queue validated contacts; they are applied job_delay_seconds later.
+
+        Earlier jobs are not applied here (lists, the only thing checked, are not changed by
+        jobs), so accepting an upsert never makes the client wait for earlier work.
+        """
         job = self._upsert_job(list_ids, contacts, reject_pattern, fail)
-        with self._locked():
+        with self._lock:
             missing = self._unknown_lists(job.list_ids)
             if missing:
                 raise ApiError(404, "list_ids", f"list not found: {', '.join(missing)}")
@@ -505,7 +580,7 @@ class Store:
             missing = self._unknown_lists(job.list_ids)
             if missing:
                 raise KeyError(f"unknown lists {missing}")
-            self._finish_upsert(job)
+            self._advance_upsert(job, None)
             return self._contacts[email.lower()]["id"]
 
     def contact(self, email: str) -> dict[str, Any] | None:
@@ -545,7 +620,7 @@ class Store:
         return job.id
 
     def import_job(self, job_id: str) -> dict[str, Any] | None:
-        with self._locked():
+        with self._locked(upto=job_id):
             job = self._jobs.get(job_id)
             if job is None:
                 return None
