@@ -71,8 +71,9 @@ def _now() -> str:
 
 
 def _to_blob(frame: pl.DataFrame) -> bytes:
+    """Arrow IPC with lz4: the cheapest round trip for a 30,000-row pending batch."""
     buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd")
+    frame.write_ipc(buffer, compression="lz4")
     return buffer.getvalue()
 
 
@@ -98,14 +99,18 @@ class SyncStateStore:
 
     # -- members ---------------------------------------------------------------------------
     def members(self, destination: str, list_id: str) -> pl.DataFrame:
+        schema = {**MEMBER_SCHEMA, "managed": pl.Int8}  # SQLite hands back 0/1
+        chunks = [pl.DataFrame(schema=schema)]
         with self._connect() as db:
-            rows = db.execute(
+            cursor = db.execute(
                 "SELECT email, contact_id, contact_json, managed FROM members "
                 "WHERE destination = ? AND list_id = ? ORDER BY email",
                 (destination, list_id),
-            ).fetchall()
-        schema = {**MEMBER_SCHEMA, "managed": pl.Int8}  # SQLite hands back 0/1
-        frame = pl.DataFrame(rows, schema=schema, orient="row")
+            )
+            # in chunks, so a million rows never sit in memory as Python tuples all at once
+            while rows := cursor.fetchmany(100_000):
+                chunks.append(pl.DataFrame(rows, schema=schema, orient="row"))
+        frame = pl.concat(chunks, rechunk=True)
         return frame.with_columns(pl.col("managed").cast(pl.Boolean))
 
     def member_count(self, destination: str, list_id: str) -> int:
@@ -178,7 +183,7 @@ class SyncStateStore:
                 "AND list_id = ? ORDER BY created_at, job_id",
                 (destination, list_id),
             ).fetchall()
-        return [PendingJob(j, k, pl.read_parquet(io.BytesIO(blob))) for j, k, blob in rows]
+        return [PendingJob(j, k, pl.read_ipc(io.BytesIO(blob))) for j, k, blob in rows]
 
     def confirm_upsert(
         self, job_id: str, destination: str, list_id: str, accepted: pl.DataFrame

@@ -316,7 +316,11 @@ class DestinationSync:
         rejected = pl.DataFrame(schema=REJECTED_SCHEMA)
         if job.status != "completed":
             rejected = self._job_rejections(job, rows)
-        accepted = rows.join(rejected.select("email"), on="email", how="anti")
+        accepted = (
+            rows
+            if rejected.is_empty()
+            else rows.join(rejected.select("email"), on="email", how="anti")
+        )
         self.store.confirm_upsert(job.id, self.destination.name, self.list_id, accepted)
         self.log.info(
             "%s: job %s %s: %d accepted, %d rejected",
