@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -94,6 +95,13 @@ class _HTTPServer(ThreadingHTTPServer):
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (its timeout fired, a fault dropped it) is routine here."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _HTTP6Server(_HTTPServer):
