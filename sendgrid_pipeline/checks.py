@@ -112,6 +112,7 @@ def contact_check_results(
 ) -> list[dg.AssetCheckResult]:
     """Blocking checks over a (possibly multi-destination) contacts frame."""
     email_failures: list[str] = []
+    failing_rows = 0
     cap_failures: list[str] = []
     counts: dict[str, int] = {}
     for destination, cap in caps.items():
@@ -126,13 +127,14 @@ def contact_check_results(
                 )
             else:
                 email_failures.append(f"{destination}: {n} row(s) fail {check}")
+                failing_rows += n
     return [
         dg.AssetCheckResult(
             check_name=EMAIL_CHECK,
             passed=not email_failures,
             severity=dg.AssetCheckSeverity.ERROR,
             description="; ".join(email_failures) or "every email is present, valid and unique",
-            metadata={"failures": len(email_failures)},
+            metadata={"failing_rows": failing_rows},
         ),
         dg.AssetCheckResult(
             check_name=CAP_CHECK,

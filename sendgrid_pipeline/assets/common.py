@@ -47,17 +47,16 @@ def per_partition_metadata(
                 asset_key=context.asset_key, partition=destination, metadata=dict(metadata)
             )
         )
-    numeric = {
-        key
-        for metadata in per_destination.values()
-        for key, value in metadata.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
+    numeric = sorted(
+        {
+            key
+            for metadata in per_destination.values()
+            for key, value in metadata.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+    )
     summary = pl.DataFrame(
-        [
-            {"destination": d, **{k: m.get(k) for k in sorted(numeric)}}
-            for d, m in per_destination.items()
-        ]
+        [{"destination": d, **{k: m.get(k) for k in numeric}} for d, m in per_destination.items()]
     )
     # Totals are prefixed: every partition of the run carries this metadata, and a bare
     # "contacts" here would plot the run's total as if it were one destination's figure.

@@ -75,12 +75,14 @@ def build_contacts_asset(
                 EMAIL_CHECK,
                 asset="sendgrid_contacts",
                 blocking=True,
+                partitions_def=partitions,  # single-destination runs attribute the result
                 description="Every email is present, valid, lowercase and unique (Pandera).",
             ),
             dg.AssetCheckSpec(
                 CAP_CHECK,
                 asset="sendgrid_contacts",
                 blocking=True,
+                partitions_def=partitions,  # single-destination runs attribute the result
                 description="At most profile_cap contacts per destination (default 100,000); "
                 "a failure stops the sync before anything is sent.",
             ),

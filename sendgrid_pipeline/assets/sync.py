@@ -1,5 +1,6 @@
 """sendgrid_list_sync: make each destination's SendGrid list hold exactly its contacts."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +14,6 @@ from sendgrid_pipeline.assets.common import (
     OWNERS,
     RECONCILE_TAG,
     markdown_table,
-    per_partition_metadata,
     tag_is_true,
 )
 from sendgrid_pipeline.config import Destination, PipelineConfig
@@ -65,24 +65,26 @@ def preflight(destination: Destination, contacts: pl.DataFrame) -> None:
 
 
 def report_metadata(report: SyncReport) -> dict:
+    """The figures a data engineer reads first come first (the UI keeps this order)."""
     planned = report.plan.counts()
     return {
-        "dry_run": report.dry_run,
-        **{f"planned_{action}": n for action, n in planned.items()},
+        "list_id": report.list_id,
+        # where the list lives in SendGrid's UI (against the sandbox it leads nowhere)
+        "sendgrid_list": dg.MetadataValue.url(SENDGRID_LIST_URL.format(list_id=report.list_id)),
+        "list_contact_count": report.list_count_after,
         "upserted": report.upserted,
-        "created": report.created,
-        "updated": report.updated,
         "removed": report.removed,
         "rejected_by_sendgrid": report.rejected.height,
+        "dry_run": report.dry_run,
+        **{f"planned_{action}": n for action, n in planned.items()},
+        "created": report.created,
+        "updated": report.updated,
         "recovered_jobs": report.recovered_jobs,
         "reconciled": report.reconciled or "no",
         "unmanaged_kept": report.plan.unmanaged_kept,
         "jobs": len(report.job_ids),
         "list_contact_count_before": report.list_count_before,
-        "list_contact_count": report.list_count_after,
         "duration_seconds": round(report.seconds, 3),
-        "list_id": report.list_id,
-        "sendgrid_list": dg.MetadataValue.url(SENDGRID_LIST_URL.format(list_id=report.list_id)),
         "job_ids": ", ".join(report.job_ids[:50]) or "(none)",
         "plan_sample (masked)": markdown_table(report.plan.sample()),
         "rejected_by_sendgrid_sample (masked)": markdown_table(masked_rejections(report.rejected)),
@@ -113,6 +115,7 @@ def build_sync_asset(
             backoff=dg.Backoff.EXPONENTIAL,
             jitter=dg.Jitter.PLUS_MINUS,
         ),
+        output_required=False,  # it records one materialization per destination instead
         description="Plans and applies the change that makes the destination's SendGrid list "
         "hold exactly its contacts: upserts new and changed contacts, removes contacts we "
         "added that left its segments, polls every job to a terminal state and records only "
@@ -124,7 +127,7 @@ def build_sync_asset(
         sendgrid_contacts: pl.DataFrame,
         sendgrid: SendGridResource,
         sync_state: SyncStateResource,
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.AssetMaterialization]:
         store = sync_state.store()
         dry_run = config.dry_run or tag_is_true(context, DRY_RUN_TAG)
         override = config.allow_mass_removal or tag_is_true(context, ALLOW_MASS_REMOVAL_TAG)
@@ -186,11 +189,11 @@ def build_sync_asset(
                         f"SendGrid rejected {report.rejected.height} row(s) (on_rejected_rows: "
                         f"fail); every other contact was synced. Details: {path}"
                     )
+        # One materialization per destination that synced, each with its own figures (also in a
+        # run over several destinations), so the UI plots every destination's history.
+        for key, metadata in per_destination.items():
+            yield dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata)
         if failures:
-            for key, metadata in per_destination.items():  # what was synced stays visible
-                context.log_event(
-                    dg.AssetObservation(context.asset_key, partition=key, metadata=metadata)
-                )
             synced = ", ".join(per_destination) or "none"
             raise dg.Failure(
                 description="Sync failed for "
@@ -198,6 +201,5 @@ def build_sync_asset(
                 + f" (synced without error: {synced})",
                 allow_retries=retryable,
             )
-        return dg.MaterializeResult(metadata=per_partition_metadata(context, per_destination))
 
     return sendgrid_list_sync

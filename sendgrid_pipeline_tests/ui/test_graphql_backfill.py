@@ -43,11 +43,11 @@ query ($id: String!) {
   }
 }
 """
-OBSERVATIONS = """
+MATERIALIZATIONS = """
 query ($partitions: [String!]) {
   assetOrError(assetKey: {path: ["sendgrid_list_sync"]}) {
     ... on Asset {
-      assetObservations(partitions: $partitions) {
+      assetMaterializations(partitions: $partitions) {
         partition
         runId
         metadataEntries { label ... on IntMetadataEntry { intValue } }
@@ -90,12 +90,12 @@ def test_graphql_backfill_of_every_destination_completes(dagster_stack: DagsterD
     assert backfill["runs"], backfill
     assert {run["status"] for run in backfill["runs"]} == {"SUCCESS"}, backfill["runs"]
 
-    # A run over several destinations records each one's figures as an observation of its
-    # partition; every list must hold what its observation says.
+    # A run over several destinations records one materialization per destination, each with
+    # its own figures; every list must hold what its materialization says.
     run_ids = {run["runId"] for run in backfill["runs"]}
-    observed = dagster_stack.graphql(OBSERVATIONS, {"partitions": names})["assetOrError"]
+    found = dagster_stack.graphql(MATERIALIZATIONS, {"partitions": names})["assetOrError"]
     latest: dict[str, dict[str, int]] = {}
-    for event in observed["assetObservations"]:  # newest first
+    for event in found["assetMaterializations"]:  # newest first
         if event["runId"] in run_ids and event["partition"] not in latest:
             latest[event["partition"]] = {
                 e["label"]: e["intValue"] for e in event["metadataEntries"] if "intValue" in e
