@@ -38,6 +38,7 @@ def expected_members(data_dir: Path) -> dict[str, set[str]]:
     sql = pl.SQLContext(profiles=typed)
     expected: dict[str, set[str]] = {}
     for destination in config.destinations:
+
         def members(segment_id: str) -> set[str]:
             segment = config.segment(segment_id)
             if segment.membership_file:
