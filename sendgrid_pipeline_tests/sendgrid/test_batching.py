@@ -67,3 +67,31 @@ def test_plan_batches_edges() -> None:
     assert plan_batches(np.array([10, 10, 10]), 2, max_bytes=34) == [(0, 3)]  # 30 + 2 commas + 2
     with pytest.raises(ValueError, match="larger than the upsert size limit"):
         plan_batches(np.array([100]), 2, max_bytes=50)
+
+
+def test_the_sandbox_accepts_every_packed_body_at_both_limits() -> None:
+    """Real HTTP: full bodies at 30,000 contacts and near 6 MB are accepted, never 413."""
+    from sendgrid_pipeline.sandbox import SandboxServer
+    from sendgrid_pipeline.sendgrid.client import SendGridClient
+
+    with SandboxServer(lists={LIST_IDS[0]: "Limits"}, job_delay_seconds=0.01) as sandbox:
+        client = SendGridClient(sandbox.api_key, sandbox.base_url, poll_interval_seconds=0.02)
+        by_count = list(iter_upsert_batches(contacts(30_001), LIST_IDS))
+        wide = pl.DataFrame({"i": np.arange(15_000)}).select(
+            pl.struct(  # every field at its maximum length, 2-byte characters: ~830 bytes
+                email=pl.format("wide{}@example.com", pl.col("i")),
+                first_name=pl.lit("é" * 50),
+                last_name=pl.lit("é" * 50),
+                address_line_1=pl.lit("é" * 100),
+                address_line_2=pl.lit("é" * 100),
+                city=pl.lit("é" * 60),
+            ).struct.json_encode()
+        )
+        by_size = list(iter_upsert_batches(wide.to_series(), LIST_IDS))
+        assert [b.size for b in by_count] == [30_000, 1]
+        assert len(by_size) == 3 and len(by_size[0].body) > MAX_UPSERT_BYTES - 1000
+        for batch in by_count + by_size:
+            job = client.wait_for_job(client.upsert_contacts(batch.body, batch.size))
+            assert job.status == "completed"
+        assert len(sandbox.list_member_emails(LIST_IDS[0])) == 45_001
+        assert {r.status for r in sandbox.requests if r.method == "PUT"} == {202}
