@@ -8,6 +8,7 @@ record, so a crash at any point leaves either the old or the new truth, never a 
 from __future__ import annotations
 
 import io
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -229,7 +230,5 @@ class SyncStateResource(dg.ConfigurableResource):
     )
 
     def store(self) -> SyncStateStore:
-        import os
-
         base = self.directory or os.environ.get(STATE_DIR_ENV) or str(data_dir() / "state")
         return SyncStateStore(Path(base) / "sync_state.sqlite")

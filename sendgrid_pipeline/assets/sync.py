@@ -16,6 +16,7 @@ from sendgrid_pipeline.assets.common import (
     markdown_table,
     tag_is_true,
 )
+from sendgrid_pipeline.assets.contacts import reports_dir
 from sendgrid_pipeline.config import Destination, PipelineConfig
 from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError
 from sendgrid_pipeline.sendgrid.resource import SendGridResource
@@ -93,7 +94,7 @@ def report_metadata(report: SyncReport) -> dict:
 
 def write_sendgrid_rejections(pipeline: PipelineConfig, key: str, rejected: pl.DataFrame) -> Path:
     """Rows SendGrid itself refused, beside the contacts asset's rejected-rows report."""
-    path = pipeline.data_dir / "reports" / "rejected" / f"{key}.sendgrid.csv"
+    path = reports_dir(pipeline) / f"{key}.sendgrid.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     rejected.write_csv(path)
     return path

@@ -7,6 +7,7 @@ connections) with exponential backoff and jitter, and turns every other answer i
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import json
 import logging
@@ -331,8 +332,6 @@ class SendGridClient:
         """Fetch a job's errors file or an export file (gzip is undone by requests or here)."""
         content = self.make_request("GET", url).content
         if content[:2] == b"\x1f\x8b":
-            import gzip
-
             content = gzip.decompress(content)
         return content
 
