@@ -226,3 +226,31 @@ def test_brake_stops_a_broken_source_and_the_run_tag_overrides_it(data_dir, sand
         sandbox.list_member_emails(config.destination(name).list_id)
         == expected_members(data_dir)[name]
     )
+
+
+def test_rows_sendgrid_rejects_warn_by_default_and_fail_when_configured(data_dir, sandbox) -> None:
+    from sendgrid_pipeline.sandbox import FaultPlan
+
+    sandbox.set_faults(FaultPlan(reject_email_pattern=r"^[a-c]"))  # SendGrid refuses some rows
+    config = load_config(data_dir)
+    list_id = config.destination("winback_campaign").list_id
+    result = export(data_dir, partitions=["winback_campaign"])
+    assert result.success, step_failure_messages(result)  # default: warn
+    metadata = _sync_metadata(result)
+    assert metadata["rejected_by_sendgrid"] > 0
+    report = pl.read_csv(data_dir / "reports" / "rejected" / "winback_campaign.sendgrid.csv")
+    assert report.height == metadata["rejected_by_sendgrid"]
+    assert report["email"].str.contains(r"^[a-c]").all()
+    members = sandbox.list_member_emails(list_id)
+    assert members and not any(e[0] in "abc" for e in members)
+
+    path = data_dir / "destinations.yaml"
+    document = yaml.safe_load(path.read_text())
+    next(d for d in document["destinations"] if d["name"] == "winback_campaign").update(
+        on_rejected_rows="fail"
+    )
+    path.write_text(yaml.safe_dump(document))
+    result = export(data_dir, partitions=["winback_campaign"])
+    assert not result.success
+    assert "on_rejected_rows: fail" in step_failure_messages(result)
+    assert sandbox.list_member_emails(list_id) == members  # the rest stays synced
