@@ -70,11 +70,23 @@ def _table(rows: list[Mapping[str, Any]]) -> str:
     return "\n".join([line, "-" * len(line), *body])
 
 
+def _instance() -> dg.DagsterInstance:
+    """The persistent instance when DAGSTER_HOME is set (so `make dev` shows the demo's runs)."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return dg.DagsterInstance.ephemeral()
+    Path(home).mkdir(parents=True, exist_ok=True)
+    config = Path(home) / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    return dg.DagsterInstance.get()
+
+
 def run_export(label: str, job: dg.JobDefinition, keys: list[str], sandbox: SandboxServer) -> bool:
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
+    instance = _instance()
     sandbox.reset_request_log()
     result = job.execute_in_process(
-        instance=instance or dg.DagsterInstance.ephemeral(),
+        instance=instance,
         tags={
             "dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[-1],
