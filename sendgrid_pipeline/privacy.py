@@ -5,20 +5,8 @@ from __future__ import annotations
 import polars as pl
 
 
-def mask_email(email: str | None) -> str:
-    """`jane.doe@example.com` -> `j***@e***.com`: enough to recognise, not to contact."""
-    if not email:
-        return "(none)"
-    local, at, domain = email.strip().partition("@")
-    if not at:
-        return (local[:1] or "?") + "***"
-    host, dot, tld = domain.rpartition(".")
-    masked_domain = f"{host[:1]}***.{tld}" if dot else f"{domain[:1]}***"
-    return f"{local[:1]}***@{masked_domain}"
-
-
 def mask_email_expr(column: str) -> pl.Expr:
-    """The same masking as `mask_email`, vectorised."""
+    """`jane.doe@example.com` -> `j***@e***.com`: enough to recognise, not to contact."""
     text = pl.col(column).str.strip_chars()
     local = text.str.split_exact("@", 1).struct.field("field_0")
     domain = text.str.split_exact("@", 1).struct.field("field_1")

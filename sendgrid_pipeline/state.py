@@ -114,14 +114,6 @@ class SyncStateStore:
         frame = pl.concat(chunks, rechunk=True)
         return frame.with_columns(pl.col("managed").cast(pl.Boolean))
 
-    def member_count(self, destination: str, list_id: str) -> int:
-        with self._connect() as db:
-            (count,) = db.execute(
-                "SELECT COUNT(*) FROM members WHERE destination = ? AND list_id = ?",
-                (destination, list_id),
-            ).fetchone()
-        return int(count)
-
     def record_contact_ids(self, destination: str, list_id: str, ids: pl.DataFrame) -> None:
         """Remember contact ids learned from a search so removals need no second lookup."""
         with self._connect() as db:

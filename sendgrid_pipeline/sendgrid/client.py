@@ -291,10 +291,6 @@ class SendGridClient:
     def get_list(self, list_id: str) -> dict[str, Any]:
         return self.make_request("GET", f"/v3/marketing/lists/{list_id}").json()
 
-    def list_contact_count(self, list_id: str) -> int:
-        response = self.make_request("GET", f"/v3/marketing/lists/{list_id}/contacts/count")
-        return int(response.json().get("contact_count", 0))
-
     def upsert_contacts(self, body: bytes, contact_count: int) -> str:
         """PUT a prebuilt upsert body (see batching); returns the job id."""
         self.stats.upsert_requests += 1

@@ -7,7 +7,7 @@ import os
 import dagster as dg
 from pydantic import Field
 
-from sendgrid_pipeline.sendgrid.client import DEFAULT_BASE_URL, SendGridClient
+from sendgrid_pipeline.sendgrid.client import DEFAULT_BASE_URL, EU_BASE_URL, SendGridClient
 
 BASE_URL_ENV = "SENDGRID_BASE_URL"
 DEFAULT_KEY_ENV = "SENDGRID_API_KEY"
@@ -22,7 +22,7 @@ class SendGridResource(dg.ConfigurableResource):
     )
     base_url: str = Field(
         default=DEFAULT_BASE_URL,
-        description="API base URL; EU accounts use https://api.eu.sendgrid.com.",
+        description=f"API base URL; EU accounts use {EU_BASE_URL}.",
     )
     timeout_seconds: float = Field(default=30.0, description="Timeout of every HTTP request.")
     max_retries: int = Field(default=6, description="Retries for 429, 5xx and network errors.")

@@ -8,8 +8,6 @@ import polars as pl
 
 from sendgrid_pipeline.privacy import mask_email_expr
 
-PLAN_ACTIONS = ("add", "update", "remove", "unchanged")
-
 
 @dataclass(frozen=True)
 class SyncPlan:

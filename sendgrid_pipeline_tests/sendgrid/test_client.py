@@ -92,7 +92,7 @@ def test_5xx_and_connection_errors_are_retried_with_backoff_then_succeed() -> No
         response(200, b'{"contact_count": 1}'),
     )
     sleeps: list[float] = []
-    assert client(session, sleeps, backoff_base_seconds=1.0).list_contact_count("x") == 1
+    assert client(session, sleeps, backoff_base_seconds=1.0).get_list("x")["contact_count"] == 1
     assert len(sleeps) == 3
     assert 0.5 <= sleeps[0] <= 1 and 1 <= sleeps[1] <= 2 and 2 <= sleeps[2] <= 4  # jittered
 
