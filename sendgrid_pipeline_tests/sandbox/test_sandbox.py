@@ -418,3 +418,46 @@ def test_cli_prints_its_url_and_key_and_serves(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0
+
+
+def test_cli_fault_options_inject_faults(tmp_path: Path) -> None:
+    """Faults are configurable from the command line, e.g. for a manual resilience check."""
+    (tmp_path / "destinations.yaml").write_text(
+        f"destinations:\n  - name: eu\n    display_name: EU newsletter\n    list_id: {EU}\n",
+        encoding="utf-8",
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "sendgrid_pipeline.sandbox",
+        "--port",
+        str(port),
+        "--api-key",
+        "SG.cli-fault-test",
+        "--destinations",
+        str(tmp_path / "destinations.yaml"),
+        "--fault-script",
+        "503,429,ok",
+        "--fault-rate-limit",
+        "100/60",
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        process.stdout.readline()
+        url = f"http://127.0.0.1:{port}/v3/marketing/lists/{EU}"
+        headers = {"Authorization": "Bearer SG.cli-fault-test"}
+        statuses = [requests.get(url, headers=headers, timeout=5).status_code for _ in range(3)]
+        assert statuses == [503, 429, 200]
+        last = requests.get(url, headers=headers, timeout=5)
+        assert last.headers["X-RateLimit-Limit"] == "100"
+        assert int(last.headers["X-RateLimit-Remaining"]) < 100
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
