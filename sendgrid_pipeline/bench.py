@@ -53,6 +53,7 @@ import polars as pl
 import yaml
 
 from sendgrid_pipeline.sample_data import generate_profiles, write_profiles
+from sendgrid_pipeline.sandbox.__main__ import command as sandbox_command
 from sendgrid_pipeline.sendgrid.batching import BODY_SUFFIX, body_prefix, minimum_batches
 
 DESTINATION = "bench"
@@ -297,21 +298,7 @@ class SandboxProcess:
     """`python -m sendgrid_pipeline.sandbox` on a free loopback port, stopped on exit."""
 
     def __init__(self, destinations: Path, log: Path, job_delay: float) -> None:
-        self.command = [
-            sys.executable,
-            "-m",
-            "sendgrid_pipeline.sandbox",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--api-key",
-            API_KEY,
-            "--destinations",
-            str(destinations),
-            "--job-delay",
-            str(job_delay),
-        ]
+        self.command = sandbox_command(API_KEY, destinations, job_delay=job_delay)
         self.log = log
         self.process: subprocess.Popen[str] | None = None
         self.base_url = ""

@@ -67,19 +67,21 @@ def test_a_missing_custom_field_lists_the_existing_ones_and_sends_nothing(
     assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE", "POST")] == []
 
 
-def test_a_custom_field_of_another_type_is_refused(sandbox) -> None:
-    sandbox.define_custom_field("lifetime_value", "Text")
-    destination = Destination(
+def with_custom_fields(**custom: CustomField) -> Destination:
+    """A minimal destination that maps email and the given custom fields."""
+    return Destination(
         name="d",
         display_name="D",
         list_id="l",
         consent=True,
         segments=("s",),
-        field_mapping=FieldMapping(
-            email="email",
-            custom_fields={"lifetime_value": CustomField(source="ltv", type="Number")},
-        ),
+        field_mapping=FieldMapping(email="email", custom_fields=custom),
     )
+
+
+def test_a_custom_field_of_another_type_is_refused(sandbox) -> None:
+    sandbox.define_custom_field("lifetime_value", "Text")
+    destination = with_custom_fields(lifetime_value=CustomField(source="ltv", type="Number"))
     client = SendGridClient(sandbox.api_key, sandbox.base_url)
     with pytest.raises(
         CustomFieldError, match="is a Text field in SendGrid but is mapped as Number"
@@ -96,19 +98,9 @@ def test_unconvertible_custom_values_are_rejected_rows() -> None:
             "since": ["2024-02-29", "29/02/2024", "02/28/2024"],
         }
     )
-    destination = Destination(
-        name="d",
-        display_name="D",
-        list_id="l",
-        consent=True,
-        segments=("s",),
-        field_mapping=FieldMapping(
-            email="email",
-            custom_fields={
-                "ltv": CustomField(source="ltv", type="Number"),
-                "since": CustomField(source="since", type="Date"),
-            },
-        ),
+    destination = with_custom_fields(
+        ltv=CustomField(source="ltv", type="Number"),
+        since=CustomField(source="since", type="Date"),
     )
     membership = segment_membership(profiles, (Segment(id="s", name="S", rule="TRUE"),))
     result = destination_contacts(profiles, membership, destination)

@@ -109,6 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command(api_key: str, destinations: Path, port: int = 0, job_delay: float = 0.05) -> list[str]:
+    """The command line that starts this sandbox as its own process on loopback."""
+    return [
+        sys.executable,
+        "-m",
+        "sendgrid_pipeline.sandbox",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--api-key",
+        api_key,
+        "--destinations",
+        str(destinations),
+        "--job-delay",
+        str(job_delay),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

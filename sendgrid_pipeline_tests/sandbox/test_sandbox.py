@@ -388,7 +388,8 @@ def test_lists_from_destinations_file_and_loopback_only(tmp_path: Path) -> None:
     assert refused.value.code == 2
 
 
-def test_cli_prints_its_url_and_key_and_serves(tmp_path: Path) -> None:
+def _cli_setup(tmp_path: Path) -> int:
+    """A destinations file with one list, and a free loopback port for the CLI."""
     (tmp_path / "destinations.yaml").write_text(
         f"destinations:\n  - name: eu\n    display_name: EU newsletter\n    list_id: {EU}\n",
         encoding="utf-8",
@@ -396,6 +397,11 @@ def test_cli_prints_its_url_and_key_and_serves(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    return port
+
+
+def test_cli_prints_its_url_and_key_and_serves(tmp_path: Path) -> None:
+    port = _cli_setup(tmp_path)
     process = subprocess.Popen(
         [sys.executable, "-m", "sendgrid_pipeline.sandbox", "--port", str(port)],
         cwd=REPO_ROOT,
@@ -422,13 +428,7 @@ def test_cli_prints_its_url_and_key_and_serves(tmp_path: Path) -> None:
 
 def test_cli_fault_options_inject_faults(tmp_path: Path) -> None:
     """Faults are configurable from the command line, e.g. for a manual resilience check."""
-    (tmp_path / "destinations.yaml").write_text(
-        f"destinations:\n  - name: eu\n    display_name: EU newsletter\n    list_id: {EU}\n",
-        encoding="utf-8",
-    )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _cli_setup(tmp_path)
     command = [
         sys.executable,
         "-m",

@@ -19,6 +19,8 @@ from typing import Any
 
 import requests
 
+from sendgrid_pipeline.sandbox.__main__ import command as sandbox_command
+
 REPO = Path(__file__).resolve().parents[2]
 REPO_DATA = REPO / "data"
 ARTIFACTS = REPO / "artifacts"
@@ -156,21 +158,7 @@ class DagsterDevStack:
     def _start_sandbox(self, deadline: float) -> None:
         process = self._spawn(
             "sandbox",
-            [
-                sys.executable,
-                "-m",
-                "sendgrid_pipeline.sandbox",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--api-key",
-                SANDBOX_KEY,
-                "--destinations",
-                str(self.data_dir / "destinations.yaml"),
-                "--job-delay",
-                "0.05",
-            ],
+            sandbox_command(SANDBOX_KEY, self.data_dir / "destinations.yaml"),
             signal.SIGTERM,
         )
         log = self.logs / "sandbox.log"
