@@ -1,20 +1,41 @@
 """Sensors: refresh when the profiles change, and export on requests dropped in a folder."""
 
+import contextlib
 import hashlib
 import json
-import shutil
+import os
+import re
+import stat
+import unicodedata
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
 from sendgrid_pipeline.profile_source import FileProfileSource
-from sendgrid_pipeline.schedules import AssetJob, refresh_all_tags
+from sendgrid_pipeline.schedules import RANGE_END_TAG, RANGE_START_TAG, AssetJob, refresh_all_tags
 
-REQUEST_FILE_TAG = "sendgrid/request_file"
+REQUEST_FILE_TAG = "sendgrid/request_file"  # "<file name>:<drop id>", on every run of one drop
+REQUEST_PART_TAG = "sendgrid/request_part"  # which of the drop's runs: "all", a key, "a..b"
 REQUESTED_BY_TAG = "sendgrid/requested_by"
+
+# Every input a request file can make the sensor spend is bounded.
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 8  # a request needs 2 ({"destinations": [...]}); json recursion is far deeper
+MAX_REQUESTED_BY_CHARS = 200
+MAX_DESTINATIONS = 100  # entries in "destinations" (or the number configured, when larger)
+MAX_FILES_PER_TICK = 100  # the rest wait for the next tick, in name order
+REQUEST_KEYS = ("destinations", "requested_by")
+REQUEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,94}\.json")  # whole name
+PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.-]{1,60}")  # whole text
+ARCHIVE_DIR = "archive"
+REJECTED_DIR = "rejected"
 
 
 def build_profile_change_sensor(job: AssetJob, partition_keys: list[str]) -> dg.SensorDefinition:
@@ -52,37 +73,341 @@ def build_profile_change_sensor(job: AssetJob, partition_keys: list[str]) -> dg.
     return profile_source_changed_sensor
 
 
-def _parse_request(path: Path, config: PipelineConfig) -> tuple[list[str], str]:
-    """(destinations, requested_by) from a request file, or ValueError naming the problem."""
+# -- export requests -------------------------------------------------------------------------------
+class RequestRejected(Exception):
+    """The file is not an acceptable request; the message names the file and the reason."""
+
+
+class _NotSettled(Exception):
+    """The file changed or vanished while being read: look again on the next tick."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """One drop of a request file: its destinations (in definition order) and who asked."""
+
+    name: str
+    drop_id: str
+    destinations: list[str]
+    requested_by: str
+
+    @property
+    def request_tag(self) -> str:
+        return f"{self.name}:{self.drop_id}"
+
+
+@dataclass(frozen=True)
+class RequestPart:
+    """One run of a request: a contiguous range of destinations."""
+
+    part: str  # "all", a single destination, or "<first>..<last>"
+    keys: list[str]
+
+    def run_request(self, request: ExportRequest) -> dg.RunRequest:
+        tags = {
+            REQUEST_FILE_TAG: request.request_tag,
+            REQUEST_PART_TAG: self.part,
+            REQUESTED_BY_TAG: request.requested_by,
+        }
+        run_key = f"{request.request_tag}:{self.part}"
+        if len(self.keys) == 1:
+            return dg.RunRequest(run_key=run_key, partition_key=self.keys[0], tags=tags)
+        range_tags = {RANGE_START_TAG: self.keys[0], RANGE_END_TAG: self.keys[-1]}
+        return dg.RunRequest(run_key=run_key, tags={**tags, **range_tags})
+
+
+def contiguous_ranges(wanted: Collection[str], order: Sequence[str]) -> list[list[str]]:
+    """The wanted keys as maximal runs of neighbours in `order` (the partitions' order)."""
+    ranges: list[list[str]] = []
+    current: list[str] = []
+    for key in order:
+        if key in wanted:
+            current.append(key)
+        elif current:
+            ranges.append(current)
+            current = []
+    if current:
+        ranges.append(current)
+    return ranges
+
+
+def request_parts(destinations: Collection[str], order: Sequence[str]) -> list[RequestPart]:
+    """As few runs as a run can express: one per contiguous range of requested destinations.
+
+    A run selects its partitions with a single key or a start/end range, so a set with gaps
+    needs one run per range (Dagster splits single-run backfills the same way); a covering
+    range would sync destinations nobody asked for.
+    """
+    parts = []
+    for keys in contiguous_ranges(destinations, order):
+        if keys == list(order) and len(keys) > 1:
+            parts.append(RequestPart("all", keys))
+        elif len(keys) == 1:
+            parts.append(RequestPart(keys[0], keys))
+        else:
+            parts.append(RequestPart(f"{keys[0]}..{keys[-1]}", keys))
+    return parts
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """User-supplied text, safe to log and to write in a note: short and ASCII."""
+    text = value if isinstance(value, str) else type(value).__name__
+    if PLAIN_TEXT.fullmatch(text):
+        return text
+    shown = ascii(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 4]}...'"
+
+
+def _safe_stem(name: str) -> str:
+    stem = name[: -len(".json")] if name.endswith(".json") else name
+    return re.sub(r"[^A-Za-z0-9_-]", "_", stem)[:60] or "request"
+
+
+def read_bounded(fd: int, limit: int) -> bytes:
+    """At most limit + 1 bytes from fd: one byte more than allowed tells that it is too big."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk = os.read(fd, min(64 * 1024, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def _read_file(folder: Path, name: str) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file in folder, never following a link, never reading too much."""
+    path = folder / name
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path.name}: not a JSON file: {error}") from None
-    if not isinstance(body, dict):
-        raise ValueError(f"{path.name}: expected a JSON object")
-    wanted = body.get("destinations", "all")
-    requested_by = str(body.get("requested_by") or "").strip()
-    if not requested_by:
-        raise ValueError(f"{path.name}: 'requested_by' is required (who asked for the export)")
-    if wanted == "all":
-        return list(config.destination_names), requested_by
-    if not isinstance(wanted, list) or not wanted or not all(isinstance(d, str) for d in wanted):
-        raise ValueError(f"{path.name}: 'destinations' must be \"all\" or a list of names")
-    unknown = sorted(set(wanted) - set(config.destination_names))
-    if unknown:
-        raise ValueError(
-            f"{path.name}: unknown destination(s) {', '.join(unknown)}; configured: "
-            f"{', '.join(config.destination_names)}"
+        before = os.lstat(path)
+    except FileNotFoundError:
+        raise _NotSettled(f"{name}: gone before it was read") from None
+    if stat.S_ISLNK(before.st_mode):
+        raise RequestRejected(f"{name}: a symbolic link, not a file (links are never followed)")
+    if not stat.S_ISREG(before.st_mode):
+        raise RequestRejected(f"{name}: not a regular file")
+    if before.st_size > MAX_REQUEST_BYTES:
+        raise RequestRejected(
+            f"{name}: {before.st_size} bytes, over the limit of {MAX_REQUEST_BYTES} bytes"
         )
-    return [d for d in config.destination_names if d in wanted], requested_by
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise _NotSettled(f"{name}: gone before it was read") from None
+    except OSError as error:
+        raise RequestRejected(f"{name}: cannot be opened: {error.strerror}") from None
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+            raise _NotSettled(f"{name}: replaced while being read")
+        if not stat.S_ISREG(opened.st_mode):  # pragma: no cover - same inode as checked
+            raise RequestRejected(f"{name}: not a regular file")
+        try:
+            raw = read_bounded(fd, MAX_REQUEST_BYTES)
+        except OSError as error:
+            raise RequestRejected(f"{name}: cannot be read: {error.strerror}") from None
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise RequestRejected(f"{name}: over the limit of {MAX_REQUEST_BYTES} bytes")
+    if (after.st_size, after.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns):
+        raise _NotSettled(f"{name}: still being written")
+    return raw, after
 
 
-def _archive(path: Path, folder: str, note: dict) -> None:
-    target = path.parent / folder
-    target.mkdir(parents=True, exist_ok=True)
+def _nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than limit (strings skipped), before parsing."""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def _is_printable_text(text: str) -> bool:
+    """No control, format, surrogate, private or unassigned characters (tags and logs)."""
+    return not any(unicodedata.category(char).startswith("C") for char in text)
+
+
+def _parse_body(name: str, raw: bytes) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise RequestRejected(f"{name}: not a JSON file: not UTF-8 text") from None
+    if _nesting_exceeds(text, MAX_JSON_DEPTH):
+        raise RequestRejected(f"{name}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicates:
+            raise RequestRejected(f"{name}: duplicate key {_shown(duplicates[0])}")
+        return dict(pairs)
+
+    def no_constant(constant: str) -> None:
+        raise RequestRejected(f"{name}: not a JSON file: {constant} is not JSON")
+
+    try:
+        body = json.loads(text, object_pairs_hook=unique_keys, parse_constant=no_constant)
+    except (ValueError, RecursionError) as error:
+        raise RequestRejected(f"{name}: not a JSON file: {error}") from None
+    if not isinstance(body, dict):
+        raise RequestRejected(f"{name}: expected a JSON object")
+    return body
+
+
+def _validate(name: str, body: dict[str, Any], config: PipelineConfig) -> tuple[list[str], str]:
+    """(destinations in definition order, requested_by), or RequestRejected naming the problem."""
+    unknown_keys = sorted(set(body) - set(REQUEST_KEYS))
+    if unknown_keys:
+        shown = ", ".join(_shown(key) for key in unknown_keys[:5])
+        raise RequestRejected(
+            f"{name}: unknown key(s) {shown}; a request holds only "
+            f"{' and '.join(repr(k) for k in REQUEST_KEYS)}"
+        )
+    requested_by = body.get("requested_by")
+    if isinstance(requested_by, str):
+        requested_by = requested_by.strip()
+    if requested_by is None or requested_by == "":
+        raise RequestRejected(f"{name}: 'requested_by' is required (who asked for the export)")
+    if not isinstance(requested_by, str):
+        raise RequestRejected(f"{name}: 'requested_by' must be a string")
+    if len(requested_by) > MAX_REQUESTED_BY_CHARS:
+        raise RequestRejected(
+            f"{name}: 'requested_by' has {len(requested_by)} characters, more than "
+            f"{MAX_REQUESTED_BY_CHARS}"
+        )
+    if not _is_printable_text(requested_by):
+        raise RequestRejected(f"{name}: 'requested_by' holds control or invisible characters")
+
+    configured = config.destination_names
+    wanted = body.get("destinations", "all")
+    if wanted == "all":
+        return list(configured), requested_by
+    if not isinstance(wanted, list) or not wanted or not all(isinstance(d, str) for d in wanted):
+        raise RequestRejected(f"{name}: 'destinations' must be \"all\" or a list of names")
+    most = max(MAX_DESTINATIONS, len(configured))
+    if len(wanted) > most:
+        raise RequestRejected(f"{name}: 'destinations' lists {len(wanted)} names, more than {most}")
+    unknown = sorted(set(wanted) - set(configured))
+    if unknown:
+        shown = ", ".join(_shown(d) for d in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise RequestRejected(
+            f"{name}: unknown destination(s) {shown}{more}; configured: {', '.join(configured)}"
+        )
+    return [d for d in configured if d in wanted], requested_by
+
+
+def read_request(folder: Path, name: str, config: PipelineConfig) -> ExportRequest:
+    """The request one file holds, or RequestRejected (or _NotSettled: try again next tick).
+
+    A drop's identity is its name, inode, modification time and content: stable across ticks
+    and restarts while the file waits, and new when the same file is dropped again (the earlier
+    drop keeps its inode in archive/) or rewritten.
+    """
+    if not REQUEST_NAME.fullmatch(name):
+        raise RequestRejected(
+            f"{_shown(name)}: a request file name uses only letters, digits, '.', '_' and '-', "
+            "starts with a letter or digit, ends in .json, and has at most 100 characters"
+        )
+    raw, status = _read_file(folder, name)
+    try:
+        destinations, requested_by = _validate(name, _parse_body(name, raw), config)
+    except RequestRejected:
+        raise
+    except Exception as error:  # anything else a hostile body provokes is still the file's
+        kind = type(error).__name__
+        raise RequestRejected(f"{name}: cannot be read as a request ({kind})") from None
+    identity = hashlib.sha256()
+    for part in (name, str(status.st_ino), str(status.st_mtime_ns)):
+        identity.update(part.encode() + b"\0")
+    identity.update(raw)
+    return ExportRequest(name, identity.hexdigest()[:16], destinations, requested_by)
+
+
+def _plain_subfolder(folder: Path, name: str) -> Path:
+    """folder/name as a real directory (created when missing); a link or a file is refused."""
+    path = folder / name
+    with contextlib.suppress(FileExistsError):
+        path.mkdir()
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise NotADirectoryError(f"{folder.name}/{name} is not a plain directory")
+    return path
+
+
+def move_aside(folder: Path, name: str, subfolder: str, note: dict) -> Path:
+    """Move folder/name (a link itself, never its target) into subfolder under a unique name,
+    beside a <same name>.result.json note. Returns the moved file's new path."""
+    target = _plain_subfolder(folder, subfolder)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (target / f"{path.stem}.{stamp}.result.json").write_text(json.dumps(note, indent=2))
-    shutil.move(str(path), target / f"{path.stem}.{stamp}{path.suffix}")
+    while True:
+        base = f"{_safe_stem(name)}.{stamp}-{uuid.uuid4().hex[:12]}"
+        moved = target / f"{base}.json"
+        if not os.path.lexists(moved) and not os.path.lexists(target / f"{base}.result.json"):
+            break
+    os.rename(folder / name, moved)  # rename acts on a link itself and never overwrites here
+    with open(target / f"{base}.result.json", "x", encoding="utf-8") as handle:
+        json.dump(note, handle, indent=2)
+    return moved
+
+
+def _request_names(folder: Path) -> list[str]:
+    """Candidate request files, in name order; hidden files and other suffixes are ignored
+    (write elsewhere or as <name>.json.tmp, then rename into place)."""
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries if e.name.endswith(".json"))
+    return [n for n in names if not n.startswith(".")][:MAX_FILES_PER_TICK]
+
+
+def _handle_request_file(
+    context: dg.SensorEvaluationContext, folder: Path, name: str, config: PipelineConfig
+) -> list[dg.RunRequest]:
+    try:
+        request = read_request(folder, name, config)
+    except _NotSettled as reason:
+        context.log.info(f"{reason}; looking again next tick")
+        return []
+    except RequestRejected as error:
+        context.log.warning(str(error))
+        moved = move_aside(folder, name, REJECTED_DIR, {"error": str(error)})
+        context.log.info(f"{_shown(name)} moved to {REJECTED_DIR}/{moved.name}")
+        return []
+    parts = request_parts(request.destinations, config.destination_names)
+    runs = context.instance.get_runs(
+        filters=dg.RunsFilter(tags={REQUEST_FILE_TAG: request.request_tag})
+    )
+    launched = {run.tags.get(REQUEST_PART_TAG) for run in runs}
+    missing = [part for part in parts if part.part not in launched]
+    if missing:  # the run keys make each of them happen once, however many ticks ask
+        return [part.run_request(request) for part in missing]
+    note = {
+        "requested_by": request.requested_by,
+        "destinations": request.destinations,
+        "run_ids": sorted(run.run_id for run in runs),
+    }
+    moved = move_aside(folder, name, ARCHIVE_DIR, note)
+    context.log.info(f"{name}: runs {', '.join(note['run_ids'])}; archived as {moved.name}")
+    return []
 
 
 def build_export_request_sensor(job: AssetJob, config: PipelineConfig) -> dg.SensorDefinition:
@@ -92,48 +417,26 @@ def build_export_request_sensor(job: AssetJob, config: PipelineConfig) -> dg.Sen
         minimum_interval_seconds=30,
         description="On-demand export from outside the UI: drop a JSON file such as "
         '{"destinations": ["newsletter_eu"], "requested_by": "jane"} (or "all") into the data '
-        "directory's requests/ folder. Each file becomes runs exactly once (run keys); the "
-        "next tick archives it under requests/archive/ with the run ids.",
+        "directory's requests/ folder. Each drop becomes runs exactly once (run keys): one run "
+        "per contiguous range of the requested destinations; the next tick archives it under "
+        "requests/archive/ with the run ids. A bad file (not a regular file, over 64 KiB, not "
+        "the expected JSON) moves to requests/rejected/ with the reason.",
     )
     def export_request_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         folder = config.requests_dir
-        requests_: list[dg.RunRequest] = []
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            names = _request_names(folder)
+        except OSError as error:
+            return dg.SensorResult(skip_reason=f"cannot list {folder}: {error.strerror}")
+        run_requests: list[dg.RunRequest] = []
+        for name in names:
             try:
-                destinations, requested_by = _parse_request(path, config)
-            except ValueError as error:
-                context.log.warning(str(error))
-                _archive(path, "rejected", {"error": str(error)})
-                continue
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-            request_id = f"{path.name}:{digest}"
-            runs = context.instance.get_runs(
-                filters=dg.RunsFilter(tags={REQUEST_FILE_TAG: request_id})
-            )
-            if runs:  # launched on an earlier tick: archive with the run ids
-                _archive(
-                    path,
-                    "archive",
-                    {
-                        "requested_by": requested_by,
-                        "destinations": destinations,
-                        "run_ids": sorted(r.run_id for r in runs),
-                    },
+                run_requests.extend(_handle_request_file(context, folder, name, config))
+            except Exception as error:  # one file never stops the others; it is retried
+                context.log.error(
+                    f"{_shown(name)}: left in place, retried next tick: "
+                    f"{type(error).__name__}: {_shown(str(error), 300)}"
                 )
-                continue
-            tags = {REQUEST_FILE_TAG: request_id, REQUESTED_BY_TAG: requested_by[:200]}
-            if destinations == list(config.destination_names):
-                requests_.append(
-                    dg.RunRequest(
-                        run_key=f"{request_id}:all",
-                        tags={**tags, **refresh_all_tags(destinations)},
-                    )
-                )
-            else:
-                requests_.extend(
-                    dg.RunRequest(run_key=f"{request_id}:{d}", partition_key=d, tags=tags)
-                    for d in destinations
-                )
-        return dg.SensorResult(run_requests=requests_)
+        return dg.SensorResult(run_requests=run_requests)
 
     return export_request_sensor
