@@ -15,6 +15,7 @@ from sendgrid_pipeline.config import (
     SENDGRID_FIELD_MAX_LENGTH,
     CustomField,
     Destination,
+    FieldMapping,
     Segment,
     value_expression,
 )
@@ -22,8 +23,11 @@ from sendgrid_pipeline.config import (
 # Lowercase ASCII addresses SendGrid accepts: dot-atom local part, a dotted host name.
 EMAIL_PATTERN = (
     r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+    r"@([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,63}|xn--[a-z0-9-]{1,59})$"
 )
+# Control characters never reach SendGrid: tabs and line breaks become a space, others go.
+LINE_BREAKS = r"[\t\n\r]+"
+CONTROL_CHARACTERS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 MAX_LOCAL_PART = 64
 
 REJECTION_SCHEMA = {
@@ -101,27 +105,34 @@ def destination_members(membership: pl.DataFrame, destination: Destination) -> p
 def destination_contacts(
     profiles: pl.DataFrame, membership: pl.DataFrame, destination: Destination
 ) -> DestinationContacts:
-    """The destination's members, mapped, normalized, validated and deduplicated."""
+    """The destination's members, mapped, normalized, validated and deduplicated.
+
+    Every member ends in exactly one place: `accepted` (to send) or `rejected` (with a reason).
+    """
     mapping = destination.field_mapping
     reserved = mapping.as_dict()
     custom = mapping.custom_fields
+    sources = {**reserved, **{f"custom_fields.{n}": c.source for n, c in custom.items()}}
+    types = _source_types(profiles, sources)
+    mapped_fields = [
+        *[_reserved_value(field, source, types[field]) for field, source in reserved.items()],
+        *[
+            _custom_value(name, field, types[f"custom_fields.{name}"])
+            for name, field in custom.items()
+        ],
+    ]
     mapped = (
         profiles.lazy()
         .join(destination_members(membership, destination), on="customer_id", how="semi")
         .select(
-            pl.lit(destination.name).alias("destination"),
-            pl.col("customer_id"),
-            *[_normalized(source, field) for field, source in reserved.items()],
-            *[
-                e
-                for name, field in custom.items()
-                for e in _custom_value(name, field, profiles.lazy())
-            ],
+            pl.lit(destination.name, pl.String).alias("destination"),
+            pl.col("customer_id").cast(pl.String),
+            *[m.value for m in mapped_fields],
+            pl.coalesce(
+                pl.lit(None, pl.String), *[p for m in mapped_fields for p in m.problems]
+            ).alias("_reason"),
         )
         .collect()
-    )
-    mapped = mapped.with_columns(_rejection_reason(list(reserved), custom).alias("_reason")).drop(
-        [f"_raw.{name}" for name in custom]
     )
     invalid = mapped.filter(pl.col("_reason").is_not_null())
     valid = mapped.filter(pl.col("_reason").is_null()).drop("_reason")
@@ -154,97 +165,170 @@ def destination_contacts(
     )
 
 
-def _normalized(source: str, field: str) -> pl.Expr:
-    """Trim every value, empty -> null; emails lowercased as SendGrid stores them."""
-    if field == "alternate_emails":
-        return _alternate_emails(source)
-    value = value_expression(source).cast(pl.String).str.strip_chars()
-    value = pl.when(value == "").then(None).otherwise(value)
-    if field == "email":
-        value = value.str.to_lowercase()
-    return value.alias(field)
+@dataclass(frozen=True)
+class _MappedField:
+    """A mapped field's value expression and the reasons its value cannot be sent (or null)."""
+
+    value: pl.Expr
+    problems: tuple[pl.Expr, ...] = ()
 
 
-def _alternate_emails(source: str) -> pl.Expr:
-    """A list column, or text separated by commas or semicolons -> a clean list of emails."""
-    raw = value_expression(source)
-    as_list = (
-        pl.when(raw.is_null())
-        .then(pl.lit(None, pl.List(pl.String)))
-        .otherwise(raw.cast(pl.String).str.split(","))
+def _source_types(profiles: pl.DataFrame, sources: dict[str, str]) -> dict[str, pl.DataType]:
+    """The type of every mapped value (column or SQL expression), read from the schema only."""
+    if not sources:
+        return {}
+    schema = (
+        profiles.lazy()
+        .select([value_expression(s).alias(f) for f, s in sources.items()])
+        .collect_schema()
     )
-    cleaned = as_list.list.eval(
-        pl.element()
-        .str.replace_all(";", ",")
-        .str.split(",")
-        .explode()
-        .str.strip_chars()
-        .str.to_lowercase()
-        .filter(pl.element() != "")
-    ).list.unique(maintain_order=True)
-    return cleaned.alias("alternate_emails")
+    return dict(schema)
 
 
-def _custom_value(name: str, field: CustomField, profiles: pl.LazyFrame) -> list[pl.Expr]:
-    """A custom field's value converted to its SendGrid type, plus the raw value for checks.
+def as_text(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A value as the text a person would write: whole floats without `.0`, dates as ISO.
 
-    Dates go out as MM/DD/YYYY; text is parsed as YYYY-MM-DD or MM/DD/YYYY.
+    Floats that are whole numbers below 2**53 print as integers (`75001.0` -> `75001`, what
+    pandas writes for integers with nulls); other floats print in their shortest round-trip
+    form. Non-finite floats become null here and are rejected by the caller.
     """
-    raw = value_expression(field.source)
-    column = f"custom_fields.{name}"
-    if field.type == "Number":
-        value = raw.cast(pl.Float64, strict=False)
-    elif field.type == "Date":
-        dtype = profiles.select(raw.alias("v")).collect_schema()["v"]
-        if dtype.is_temporal():
-            value = raw.dt.strftime("%m/%d/%Y")
-        else:
-            text = raw.cast(pl.String).str.strip_chars()
-            value = pl.coalesce(
-                text.str.to_date("%Y-%m-%d", strict=False),
-                text.str.to_date("%m/%d/%Y", strict=False),
-            ).dt.strftime("%m/%d/%Y")
-    else:
-        value = raw.cast(pl.String).str.strip_chars()
-        value = pl.when(value == "").then(None).otherwise(value)
-    return [value.alias(column), raw.cast(pl.String).alias(f"_raw.{name}")]
+    if dtype.is_float():
+        whole = value.is_finite() & (value == value.round(0)) & (value.abs() < 2**53)
+        return (
+            pl.when(whole)
+            .then(value.cast(pl.Int64, strict=False).cast(pl.String))
+            .when(value.is_finite())
+            .then(value.cast(pl.String))
+        )
+    if dtype == pl.Boolean:
+        return pl.when(value).then(pl.lit("true")).when(~value).then(pl.lit("false"))
+    if isinstance(dtype, pl.List | pl.Array | pl.Struct):
+        return pl.struct(value.alias("v")).struct.json_encode().str.slice(5).str.head(-1)
+    return value.cast(pl.String)
 
 
-def _rejection_reason(fields: list[str], custom: dict[str, CustomField]) -> pl.Expr:
-    """The first reason a row cannot be sent, or null when it can."""
-    email = pl.col("email")
-    local_length = email.str.split("@").list.first().str.len_chars()
-    reason = (
-        pl.when(email.is_null())
-        .then(pl.lit("missing_email"))
-        .when(email.str.len_chars() > SENDGRID_FIELD_MAX_LENGTH["email"])
-        .then(pl.lit("email_too_long"))
-        .when(~email.str.contains(EMAIL_PATTERN) | (local_length > MAX_LOCAL_PART))
-        .then(pl.lit("invalid_email"))
+def clean_text(text: pl.Expr) -> pl.Expr:
+    """Tabs and line breaks become one space, other control characters go; trimmed; "" -> null."""
+    cleaned = (
+        text.str.replace_all(LINE_BREAKS, " ")
+        .str.replace_all(CONTROL_CHARACTERS, "")
+        .str.strip_chars()
     )
-    for field in fields:
-        limit = SENDGRID_FIELD_MAX_LENGTH.get(field, 0)
-        if field != "email" and limit:
-            reason = reason.when(pl.col(field).str.len_chars() > limit).then(
-                pl.lit(f"{field}_too_long")
-            )
-    if "alternate_emails" in fields:
-        alternates = pl.col("alternate_emails")
-        bad = alternates.list.eval(
+    return pl.when(cleaned == "").then(None).otherwise(cleaned)
+
+
+def _non_finite(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    return value.is_not_null() & ~value.is_finite() if dtype.is_float() else pl.lit(False)
+
+
+def _reserved_value(field: str, source: str, dtype: pl.DataType) -> _MappedField:
+    """A reserved field's value: clean text (emails lowercased as SendGrid stores them)."""
+    raw = value_expression(source)
+    if field == "alternate_emails":
+        value = _alternate_emails(raw, dtype)
+        bad = value.list.eval(
             ~pl.element().str.contains(EMAIL_PATTERN) | (pl.element().str.len_chars() > 254)
         ).list.any()
-        reason = (
-            reason.when(alternates.list.len() > MAX_ALTERNATE_EMAILS)
+        problem = (
+            pl.when(value.list.len() > MAX_ALTERNATE_EMAILS)
             .then(pl.lit("too_many_alternate_emails"))
             .when(bad)
             .then(pl.lit("invalid_alternate_email"))
         )
-    for name, field in custom.items():
-        if field.type in ("Number", "Date"):
-            lost = pl.col(f"_raw.{name}").is_not_null() & pl.col(f"custom_fields.{name}").is_null()
-            problem = "not_a_number" if field.type == "Number" else "not_a_date"
-            reason = reason.when(lost).then(pl.lit(f"{name}_{problem}"))
-    return reason.otherwise(pl.lit(None, pl.String))
+        return _MappedField(value, (problem,))
+    not_finite = pl.when(_non_finite(raw, dtype)).then(pl.lit(f"{field}_not_finite"))
+    if field == "email":
+        # Never rewrite an address: stray characters make it invalid rather than someone else's.
+        text = as_text(raw, dtype).str.strip_chars().str.to_lowercase()
+        value = pl.when(text == "").then(None).otherwise(text)
+        local_length = value.str.split("@").list.first().str.len_chars()
+        problem = (
+            pl.when(value.is_null())
+            .then(pl.lit("missing_email"))
+            .when(value.str.len_chars() > SENDGRID_FIELD_MAX_LENGTH["email"])
+            .then(pl.lit("email_too_long"))
+            .when(~value.str.contains(EMAIL_PATTERN) | (local_length > MAX_LOCAL_PART))
+            .then(pl.lit("invalid_email"))
+        )
+        return _MappedField(value.alias(field), (problem,))
+    value = clean_text(as_text(raw, dtype))
+    problems = [not_finite]
+    limit = SENDGRID_FIELD_MAX_LENGTH.get(field, 0)
+    if limit:
+        problems.append(pl.when(value.str.len_chars() > limit).then(pl.lit(f"{field}_too_long")))
+    return _MappedField(value.alias(field), tuple(problems))
+
+
+def _alternate_emails(raw: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A list column, or text separated by commas or semicolons -> a clean list of emails."""
+    text = (
+        raw.cast(pl.List(pl.String)).list.join(",")
+        if isinstance(dtype, pl.List | pl.Array)
+        else raw.cast(pl.String)
+    )
+    as_list = (
+        pl.when(text.is_null())
+        .then(pl.lit(None, pl.List(pl.String)))
+        .otherwise(text.str.replace_all(";", ",").str.split(","))
+    )
+    cleaned = as_list.list.eval(
+        pl.element().str.strip_chars().str.to_lowercase().filter(pl.element() != "")
+    ).list.unique(maintain_order=True)
+    return cleaned.alias("alternate_emails")
+
+
+def number_text(value: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A Number field's value as the JSON number literal we send (null when not a number).
+
+    Integers stay integers, exactly; whole floats below 2**53 are sent as integers; text is
+    parsed after trimming (`"007"` -> 7, `"1.50"` -> 1.5). NaN and infinities are null here
+    and rejected by the caller: JSON has no literal for them.
+    """
+    if dtype.is_integer():
+        return value.cast(pl.String)
+    if dtype.is_float():
+        return as_text(value, dtype)
+    if dtype == pl.Boolean or dtype.is_temporal():
+        return pl.lit(None, pl.String)
+    text = value.cast(pl.String).str.strip_chars()
+    integer = text.str.contains(r"^[+-]?[0-9]{1,18}$")
+    parsed = text.cast(pl.Float64, strict=False)
+    return (
+        pl.when(integer)
+        .then(text.cast(pl.Int64, strict=False).cast(pl.String))
+        .otherwise(as_text(parsed, pl.Float64))
+    )
+
+
+def _custom_value(name: str, field: CustomField, dtype: pl.DataType) -> _MappedField:
+    """A custom field's value converted to its SendGrid type, with the reason it cannot be.
+
+    Numbers are kept as their JSON literal (see `number_text`); dates go out as MM/DD/YYYY
+    (text is parsed as YYYY-MM-DD or MM/DD/YYYY); text is cleaned like reserved fields.
+    """
+    raw = value_expression(field.source)
+    column = f"custom_fields.{name}"
+    present = raw.is_not_null()
+    if dtype.is_float() or dtype == pl.String:
+        present = present & (as_text(raw, dtype).str.strip_chars() != "").fill_null(True)
+    if field.type == "Number":
+        value = number_text(raw, dtype)
+        problem = pl.when(present & value.is_null()).then(pl.lit(f"{name}_not_a_number"))
+        return _MappedField(value.alias(column), (problem,))
+    if field.type == "Date":
+        if dtype.is_temporal():
+            value = raw.dt.strftime("%m/%d/%Y")
+        else:
+            text = as_text(raw, dtype).str.strip_chars()
+            value = pl.coalesce(
+                text.str.to_date("%Y-%m-%d", strict=False),
+                text.str.to_date("%m/%d/%Y", strict=False),
+            ).dt.strftime("%m/%d/%Y")
+        problem = pl.when(present & value.is_null()).then(pl.lit(f"{name}_not_a_date"))
+        return _MappedField(value.alias(column), (problem,))
+    value = clean_text(as_text(raw, dtype))
+    problem = pl.when(_non_finite(raw, dtype)).then(pl.lit(f"{name}_not_finite"))
+    return _MappedField(value.alias(column), (problem,))
 
 
 def _json_value(column: str) -> pl.Expr:
@@ -253,14 +337,23 @@ def _json_value(column: str) -> pl.Expr:
     return encoded.str.slice(5, encoded.str.len_chars() - 6)
 
 
+def number_custom_fields(mapping: FieldMapping) -> set[str]:
+    """Custom fields whose column holds a JSON number literal (sent unquoted)."""
+    return {name for name, field in mapping.custom_fields.items() if field.type == "Number"}
+
+
 def contact_json(
-    accepted: pl.DataFrame, fields: list[str], custom_ids: dict[str, str] | None = None
+    accepted: pl.DataFrame,
+    fields: list[str],
+    custom_ids: dict[str, str] | None = None,
+    number_fields: set[str] | frozenset[str] = frozenset(),
 ) -> pl.Series:
     """One JSON object per contact, exactly as sent.
 
     An empty reserved text field is sent as "" (which clears it in SendGrid); an absent
     identifier, alternate_emails or custom value is left out (it cannot be cleared that way).
-    Custom fields are keyed by their SendGrid id, as the API requires.
+    Custom fields are keyed by their SendGrid id, as the API requires; `number_fields` hold
+    JSON number literals (see `number_text`) and go unquoted.
     """
     parts = []
     for field in fields:
@@ -278,7 +371,12 @@ def contact_json(
             parts.append(pl.lit(f'"{field}":') + filled.str.slice(5, filled.str.len_chars() - 6))
     custom_parts = [
         pl.when(pl.col(f"custom_fields.{name}").is_not_null()).then(
-            pl.lit(f'"{field_id}":') + _json_value(f"custom_fields.{name}")
+            pl.lit(f'"{field_id}":')
+            + (
+                pl.col(f"custom_fields.{name}")
+                if name in number_fields
+                else _json_value(f"custom_fields.{name}")
+            )
         )
         for name, field_id in (custom_ids or {}).items()
     ]

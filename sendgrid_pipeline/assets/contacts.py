@@ -49,8 +49,14 @@ def reports_dir(config: PipelineConfig) -> Path:
 
 
 def write_rejected_report(path: Path, rejected: pl.DataFrame) -> pd.DataFrame:
-    """Validate the report with its dagster-pandas type and write it as CSV."""
-    report = pd.DataFrame(rejected.to_dict(as_series=False))
+    """Validate the report with its dagster-pandas type and write it as CSV.
+
+    Columns are built as pandas strings explicitly: an empty frame must keep its declared
+    types (pandas would make empty columns float64 and fail the contract on clean data).
+    """
+    report = pd.DataFrame(
+        {name: pd.Series(rejected[name].to_list(), dtype="string") for name in rejected.columns}
+    )
     check = RejectedRowsReport.type_check(None, report)
     if not check.success:
         raise ValueError(f"rejected-rows report violates its contract: {check.description}")

@@ -30,7 +30,7 @@ from sendgrid_pipeline.sendgrid.errors import SendGridBadRequestError, SendGridN
 from sendgrid_pipeline.state import PendingJob, SyncStateStore
 from sendgrid_pipeline.sync.plan import SyncPlan, build_plan, carry_identifiers
 from sendgrid_pipeline.sync.reconcile import read_list_members, reconciled_members
-from sendgrid_pipeline.transform import contact_json
+from sendgrid_pipeline.transform import contact_json, number_custom_fields
 
 REJECTED_SCHEMA = {"email": pl.String, "reason": pl.String, "detail": pl.String}
 
@@ -91,6 +91,7 @@ class DestinationSync:
         self.options = options or SyncOptions()
         self._crash_hook = crash_hook or (lambda _step: None)
         self.custom_ids = custom_ids or {}
+        self.number_fields = number_custom_fields(destination.field_mapping)
 
     # -- entry point -----------------------------------------------------------------------
     def run(self, contacts: pl.DataFrame) -> SyncReport:
@@ -106,7 +107,7 @@ class DestinationSync:
         contacts = carry_identifiers(contacts, recorded, identifiers)
         fields = list(self.destination.field_mapping.as_dict())
         desired = contacts.select("email").with_columns(
-            contact_json(contacts, fields, self.custom_ids)
+            contact_json(contacts, fields, self.custom_ids, self.number_fields)
         )
         plan = build_plan(desired, recorded)
         report = SyncReport(
@@ -169,7 +170,9 @@ class DestinationSync:
     ) -> pl.DataFrame:
         """Read the list's true membership and rebuild the record (kept in memory on dry runs)."""
         fields = list(self.destination.field_mapping.as_dict())
-        on_list = read_list_members(self.client, self.list_id, fields, self.custom_ids)
+        on_list = read_list_members(
+            self.client, self.list_id, fields, self.custom_ids, self.number_fields
+        )
         rebuilt = reconciled_members(
             on_list, recorded, desired["email"], self.destination.owns_list
         )

@@ -14,7 +14,7 @@ import polars as pl
 
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.state import MEMBER_SCHEMA
-from sendgrid_pipeline.transform import contact_json
+from sendgrid_pipeline.transform import as_text, contact_json, number_text
 
 
 def read_list_members(
@@ -22,6 +22,7 @@ def read_list_members(
     list_id: str,
     fields: list[str],
     custom_ids: dict[str, str] | None = None,
+    number_fields: set[str] | frozenset[str] = frozenset(),
 ) -> pl.DataFrame:
     """email, contact_id, contact_json (as we would send it) for every contact on a list."""
     export_id = client.start_export([list_id], file_type="json")
@@ -47,14 +48,16 @@ def read_list_members(
         )
     custom_ids = custom_ids or {}
     if custom_ids:
-        exported = exported.with_columns(_custom_columns(exported, custom_ids))
+        exported = exported.with_columns(_custom_columns(exported, custom_ids, number_fields))
     return exported.select("email", "contact_id").with_columns(
-        contact_json(exported, fields, custom_ids)
+        contact_json(exported, fields, custom_ids, number_fields)
     )
 
 
-def _custom_columns(exported: pl.DataFrame, custom_ids: dict[str, str]) -> list[pl.Expr]:
-    """Exports key custom fields by name; numbers are compared as floats, like we send them."""
+def _custom_columns(
+    exported: pl.DataFrame, custom_ids: dict[str, str], number_fields: set[str] | frozenset[str]
+) -> list[pl.Expr]:
+    """Exports key custom fields by name; numbers become the literal we would send."""
     has = "custom_fields" in exported.columns and isinstance(
         exported.schema["custom_fields"], pl.Struct
     )
@@ -63,8 +66,10 @@ def _custom_columns(exported: pl.DataFrame, custom_ids: dict[str, str]) -> list[
     for name in custom_ids:
         value = pl.col("custom_fields").struct.field(name) if name in names else pl.lit(None)
         dtype = exported.schema["custom_fields"].to_schema().get(name) if has else None
-        if dtype is not None and dtype.is_numeric():
-            value = value.cast(pl.Float64)
+        if name in number_fields:
+            value = number_text(value, dtype or pl.String)
+        elif dtype is not None and dtype != pl.String:
+            value = as_text(value, dtype)
         columns.append(value.alias(f"custom_fields.{name}"))
     return columns
 
