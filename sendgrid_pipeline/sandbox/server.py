@@ -6,6 +6,11 @@ This module is the HTTP layer: auth, rate limits, injected faults and the reques
 endpoints themselves are in api.py and the account state in store.py. A background thread
 applies due jobs while no request is being answered, the way SendGrid works on its own time, so
 a benchmark client is not charged for the emulator's work inside its requests.
+
+Download links (a job's errors_url, export files) point at a second listener on another port,
+the way SendGrid's point at presigned storage links on S3: they need no key, and like S3 they
+refuse a request that carries an Authorization header as well (400). A client that sent its
+API key anywhere but the API host would fail there.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ STATS_PATH = "/sandbox/stats"  # GET, no auth: totals of the request log (see Sa
 UPSERT_PATH = "/v3/marketing/contacts"
 REVOKED_MESSAGE = "The provided authorization grant is invalid, expired, or revoked"
 APPLY_SLICE_CONTACTS = 2000  # contacts applied per store-lock hold by the background thread
+DOWNLOAD_PREFIXES = ("/sandbox/errors/", "/sandbox/exports/")  # served by the storage listener
+# S3's answer to a presigned URL that also carries an Authorization header.
+S3_TWO_AUTH_MESSAGE = (
+    "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature "
+    "query string parameter or the Authorization header should be specified"
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +98,54 @@ def _too_many_requests() -> Response:
     return error_response(429, [error(None, "too many requests")])
 
 
+def _s3_error(status: int, code: str, message: str) -> Response:
+    """An error in S3's XML shape, for the storage listener."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )
+    return Response(status, body.encode("utf-8"), "application/xml")
+
+
+class _Store(Store):
+    """The account, handing out download links on the storage listener instead of the API."""
+
+    def __init__(self, job_delay_seconds: float, fault_counts: FaultCounts) -> None:
+        super().__init__(job_delay_seconds, fault_counts)
+        self.storage_url = ""  # set once the storage listener knows its port
+
+    def _on_storage(self, url: str) -> str:
+        if self.storage_url and url.startswith(f"{self.base_url}/sandbox/"):
+            return self.storage_url + url[len(self.base_url) :]
+        return url
+
+    def import_job(self, job_id: str) -> dict[str, Any] | None:
+        view = super().import_job(job_id)
+        if view is not None and "errors_url" in view["results"]:
+            view["results"]["errors_url"] = self._on_storage(view["results"]["errors_url"])
+        return view
+
+    def export_view(self, export_id: str) -> dict[str, Any] | None:
+        view = super().export_view(export_id)
+        if view is not None:
+            view["urls"] = [self._on_storage(url) for url in view["urls"]]
+        return view
+
+    def export_views(self) -> list[dict[str, Any]]:
+        views = super().export_views()
+        for view in views:
+            view["urls"] = [self._on_storage(url) for url in view["urls"]]
+        return views
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], sandbox: SandboxServer) -> None:
+    def __init__(
+        self, address: tuple[str, int], sandbox: SandboxServer, storage: bool = False
+    ) -> None:
         self.sandbox = sandbox
+        self.storage = storage  # the presigned-download listener, not the API
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -140,14 +194,17 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol errors (bad request line, URI too long...) in SendGrid's JSON error shape."""
         response = error_response(code, [error(None, message or HTTPStatus(code).phrase)])
-        rate = self.server.sandbox._injector.peek(time.time())
+        rate = None if self.server.storage else self.server.sandbox._injector.peek(time.time())
         self.write_response(response, rate, close=True)
 
-    def write_response(self, response: Response, rate: RateState, close: bool = False) -> None:
+    def write_response(
+        self, response: Response, rate: RateState | None, close: bool = False
+    ) -> None:
+        """`rate` None: no X-RateLimit-* headers (the storage listener, like S3, sends none)."""
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
-        for name, value in rate.headers():
+        for name, value in rate.headers() if rate is not None else ():
             self.send_header(name, value)
         if close:
             self.send_header("Connection", "close")
@@ -176,11 +233,13 @@ class SandboxServer:
         self.port = port
         self._fault_counts = FaultCounts()
         self._injector = FaultInjector(faults or FaultPlan())
-        self._store = Store(job_delay_seconds, self._fault_counts)
+        self._store = _Store(job_delay_seconds, self._fault_counts)
         self._log_lock = threading.Lock()
         self._requests: list[RequestRecord] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._storage: _HTTPServer | None = None
+        self._storage_thread: threading.Thread | None = None
         self._applier: threading.Thread | None = None
         self._in_flight = 0  # requests being answered; the applier waits for 0
         self._idle = threading.Condition()
@@ -196,14 +255,11 @@ class SandboxServer:
         server_class = _HTTP6Server if ":" in self.host else _HTTPServer
         self._httpd = server_class((self.host, self.port), self)
         self.port = self._httpd.server_address[1]
+        self._storage = server_class((self.host, 0), self, storage=True)
         self._store.base_url = self.base_url
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"sendgrid-sandbox-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._store.storage_url = self.storage_url
+        self._thread = self._serve(self._httpd, f"sendgrid-sandbox-{self.port}")
+        self._storage_thread = self._serve(self._storage, f"sendgrid-sandbox-storage-{self.port}")
         self._stopping.clear()
         self._applier = threading.Thread(
             target=self._apply_jobs, name=f"sendgrid-sandbox-jobs-{self.port}", daemon=True
@@ -211,9 +267,16 @@ class SandboxServer:
         self._applier.start()
         return self
 
-    def stop(self) -> None:
-        """Stop serving and close every open keep-alive connection."""
-        httpd, self._httpd = self._httpd, None
+    @staticmethod
+    def _serve(httpd: _HTTPServer, name: str) -> threading.Thread:
+        thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True
+        )
+        thread.start()
+        return thread
+
+    @staticmethod
+    def _close(httpd: _HTTPServer | None, thread: threading.Thread | None) -> None:
         if httpd is None:
             return
         httpd.shutdown()
@@ -223,8 +286,17 @@ class SandboxServer:
         for connection in connections:
             with contextlib.suppress(OSError):  # already closed by the client
                 connection.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def stop(self) -> None:
+        """Stop serving and close every open keep-alive connection."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        self._close(httpd, self._thread)
+        storage, self._storage = self._storage, None
+        self._close(storage, self._storage_thread)
         self._stopping.set()
         self._store.work_added.set()
         with self._idle:
@@ -250,6 +322,14 @@ class SandboxServer:
             raise RuntimeError("start() the sandbox first: its port is chosen when it binds")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def storage_url(self) -> str:
+        """Origin of the download links: same loopback host, its own port (like S3's host)."""
+        if self._storage is None:
+            raise RuntimeError("start() the sandbox first: its port is chosen when it binds")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self._storage.server_address[1]}"
 
     # -- faults and the request log ------------------------------------------------------------
     @property
@@ -409,10 +489,14 @@ class SandboxServer:
             handler.send_error(413, f"request body too large: limit {MAX_BODY_BYTES} bytes")
             return
         body = handler.rfile.read(length) if length else b""
-        if handler.command == "GET" and url.path.rstrip("/") == STATS_PATH:
+        storage = handler.server.storage
+        if storage:
+            outcome = self._answer_download(handler, url.path, url.query, body)
+        elif handler.command == "GET" and url.path.rstrip("/") == STATS_PATH:
             handler.write_response(json_response(200, self.stats()), self._injector.peek(arrived))
             return
-        outcome = self._answer(handler, url.path, url.query, body)
+        else:
+            outcome = self._answer(handler, url.path, url.query, body)
         status = 0 if outcome.response is None else outcome.response.status
         self._record(
             RequestRecord(
@@ -429,7 +513,16 @@ class SandboxServer:
         if outcome.response is None:  # dropped: no answer at all
             handler.close_connection = True
         else:
-            handler.write_response(outcome.response, outcome.rate)
+            handler.write_response(outcome.response, None if storage else outcome.rate)
+
+    def _answer_download(self, handler: _Handler, path: str, query: str, body: bytes) -> _Outcome:
+        """The storage listener: downloads only, no key, and a key sent anyway is refused."""
+        rate = self._injector.peek(time.time())
+        if handler.command != "GET" or not path.startswith(DOWNLOAD_PREFIXES):
+            return _Outcome(_s3_error(404, "NoSuchKey", "The specified key does not exist."), rate)
+        if "Authorization" in handler.headers:
+            return _Outcome(_s3_error(400, "InvalidArgument", S3_TWO_AUTH_MESSAGE), rate)
+        return self._answer(handler, path, query, body)  # not /v3/: no auth, no rate limit
 
     def _answer(self, handler: _Handler, path: str, query: str, body: bytes) -> _Outcome:
         """Auth, then the rate limit, then any injected fault, then the endpoint itself."""

@@ -3,6 +3,9 @@
 Every request goes through `make_request`, which sets the timeout, paces itself from the
 X-RateLimit-* headers, retries only what is safe to retry (429, 5xx, timeouts, dropped
 connections) with exponential backoff and jitter, and turns every other answer into a typed error.
+It is also where the API key is guarded: it goes only to the configured API origin (checked the
+way requests will connect to it), never to a download link SendGrid hands back, and nothing goes
+over plain http except to a loopback sandbox.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import ipaddress
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
+from urllib3.util import parse_url
 
 from sendgrid_pipeline.sendgrid.errors import (
     ApiErrorDetail,
@@ -29,6 +34,7 @@ from sendgrid_pipeline.sendgrid.errors import (
     SendGridJobError,
     SendGridNotFoundError,
     SendGridUnavailableError,
+    UnsafeUrlError,
 )
 
 DEFAULT_BASE_URL = "https://api.sendgrid.com"
@@ -76,12 +82,155 @@ class RequestStats:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """127.0.0.0/8, ::1 or "localhost": the only hosts plain http may go to."""
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# -- where a URL really goes ---------------------------------------------------------------------
+# Parsers disagree on odd URLs: urllib reads "http://203.0.113.5\@127.0.0.1" as host 127.0.0.1,
+# while urllib3 (and so requests) connects to 203.0.113.5. So a URL is accepted only in a plain
+# form that leaves no room for disagreement, and only if urllib, urllib3 and requests' own URL
+# preparation all agree on its scheme, host and port.
+DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_REDIRECTS = 5
+_URL = re.compile(r"(?P<scheme>https?)://(?P<authority>[^/?#]*)(?P<rest>.*)", re.DOTALL)
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_BASE_PATH = re.compile(r"(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*/?")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Scheme, host and port a request goes to: the unit the API key is bound to."""
+
+    scheme: str
+    host: str  # lower case; an IPv6 address without brackets
+    port: int
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def _shown(url: str) -> str:
+    """A URL for an error message: without userinfo, query or fragment, and short."""
+    text = re.split(r"[?#]", url, maxsplit=1)[0]
+    text = re.sub(r"(?<=://)[^/]*@", "***@", text)
+    return repr(text[:80] + ("..." if len(text) > 80 else ""))
+
+
+def _check_host_name(host: str, shown: str) -> None:
+    labels = host.split(".")
+    last = labels[-1]
+    # A host ending in a number is an IPv4 address to resolvers (127.1, 2130706433, 0x7f000001,
+    # 0177.0.0.1), whatever it looks like; only the plain dotted quad means what it says.
+    if last.isdigit() or re.fullmatch(r"0x[0-9a-f]*", last):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise UnsafeUrlError(
+                f"URL {shown}: the host looks numeric but is not a dotted-quad IPv4 address "
+                "(like 127.0.0.1); resolvers read such forms in surprising ways"
+            ) from None
+        return
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise UnsafeUrlError(f"URL {shown}: {host!r} is not a valid host name")
+
+
+def _normal_host(host: str | None) -> str:
+    host = (host or "").lower()
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _readings(url: str) -> list[tuple[str | None, str, int | None, str | None]]:
+    """(scheme, host, port, userinfo) of `url` as urllib and urllib3 read it."""
+    split = urlsplit(url)
+    parsed = parse_url(url)
+    return [
+        (split.scheme, _normal_host(split.hostname), split.port, split.username),
+        (parsed.scheme, _normal_host(parsed.host), parsed.port, parsed.auth),
+    ]
+
+
+def _check_parsers_agree(url: str, origin: Origin, shown: str) -> None:
+    """Compare with the URL as given and as requests prepares it (what its adapter reads)."""
+    try:
+        prepared = requests.PreparedRequest()
+        prepared.prepare_url(url, None)
+        readings = _readings(url) + _readings(prepared.url or "")
+    except (ValueError, requests.RequestException):
+        raise UnsafeUrlError(f"URL {shown} cannot be parsed") from None
+    for scheme, host, port, userinfo in readings:
+        port = port if port is not None else DEFAULT_PORTS.get(scheme or "")
+        if (scheme, host, port) != (origin.scheme, origin.host, origin.port) or userinfo:
+            raise UnsafeUrlError(
+                f"URL {shown} is ambiguous: URL parsers disagree on which host it names"
+            )
+
+
+def parse_origin(url: str, *, base: bool = False) -> Origin:
+    """The origin `requests` connects to for `url`, or UnsafeUrlError if it is in any doubt.
+
+    Only a lower-case http(s) URL of printable ASCII is accepted, without userinfo, backslashes
+    or percent signs in the host, with a host name, dotted-quad IPv4 or [IPv6] host. `base`
+    also forbids a query, a fragment and anything but a plain path prefix (an API base URL).
+    Plain http is checked by the caller, which knows whether the host is loopback.
+    """
+    if not isinstance(url, str) or not url:
+        raise UnsafeUrlError("the URL is empty")
+    shown = _shown(url)
+    bad = next((char for char in url if not "!" <= char <= "~"), None)
+    if bad is not None:
+        raise UnsafeUrlError(
+            f"URL {shown} contains {bad!r}: whitespace, control and non-ASCII characters "
+            "are not allowed"
+        )
+    if "\\" in url:
+        raise UnsafeUrlError(
+            f"URL {shown} contains a backslash, which URL parsers read differently"
+        )
+    match = _URL.fullmatch(url)
+    if match is None:
+        raise UnsafeUrlError(
+            f"URL {shown} must start with https:// (or http:// to a loopback host), in lower case"
+        )
+    if "@" in match["authority"]:
+        raise UnsafeUrlError(
+            f"URL {shown} contains user info (user:password@); the API key is set on its own, "
+            "never in the URL"
+        )
+    host_port = _HOST_PORT.fullmatch(match["authority"])
+    if host_port is None:
+        raise UnsafeUrlError(
+            f"URL {shown}: the host must be a host name, a dotted-quad IPv4 address or an "
+            "[IPv6] address, optionally with :port"
+        )
+    host = host_port["host"].lower()
+    if host.startswith("["):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise UnsafeUrlError(f"URL {shown}: {host!r} is not an IPv6 address") from None
+    else:
+        _check_host_name(host, shown)
+    scheme = match["scheme"]
+    port = int(host_port["port"]) if host_port["port"] else DEFAULT_PORTS[scheme]
+    if not 0 < port < 65536:
+        raise UnsafeUrlError(f"URL {shown}: port {port} is out of range")
+    if base and not _BASE_PATH.fullmatch(match["rest"]):
+        raise UnsafeUrlError(
+            f"base URL {shown} must be scheme://host[:port] with at most a plain path, "
+            "without query, fragment, percent-escapes or dot segments"
+        )
+    origin = Origin(scheme, host, port)
+    _check_parsers_agree(url, origin, shown)
+    return origin
 
 
 class SendGridClient:
@@ -103,15 +252,18 @@ class SendGridClient:
     ) -> None:
         if not api_key:
             raise ValueError("A SendGrid API key is required")
-        parts = urlsplit(base_url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError(f"SendGrid base URL {base_url!r} must be an http(s) URL")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
+        try:
+            origin = parse_origin(base_url, base=True)
+        except UnsafeUrlError as problem:  # a pasted URL could hold the key: never repeat it
+            message = f"Unusable SendGrid base URL: {problem}".replace(api_key, "***")
+            raise type(problem)(message) from None
+        if origin.scheme != "https" and not origin.is_loopback:
             raise InsecureTransportError(
-                f"Refusing to send the SendGrid API key over plain http to {parts.hostname}; "
+                f"Refusing to send the SendGrid API key over plain http to {origin.host}; "
                 "use https (plain http is only allowed to a loopback sandbox)"
             )
         self._api_key = api_key
+        self._origin = origin  # the only place the key is sent
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
         self.max_retries = max_retries
@@ -137,15 +289,70 @@ class SendGridClient:
         json_body: Any = None,
         body: bytes | None = None,
     ) -> requests.Response:
-        """Send one request with pacing, bounded retries and typed errors."""
-        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        """Send one request with pacing, bounded retries and typed errors.
+
+        `path` is an API path ("/v3/...") or an absolute URL SendGrid handed back (a job's
+        errors_url, export files). The key goes only to the configured API origin: export
+        files are presigned storage links, which need no key and must not see it. Redirects
+        are followed here, for GET only, each hop checked like the first (requests' own
+        redirect handling would decide who keeps the key with a different URL parser).
+        """
         data = body if body is not None else None
         if json_body is not None:
             data = json.dumps(json_body, separators=(",", ":")).encode()
-        headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
+        url = path
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                url, with_key = self._target(url)
+            except UnsafeUrlError as problem:  # the message quotes the URL: never the key
+                raise type(problem)(str(problem).replace(self._api_key, "***")) from None
+            response = self._send(method, url, with_key, params, data)
+            if not 300 <= response.status_code < 400:
+                return response
+            location = response.headers.get("Location")
+            if method != "GET" or not location:
+                break
+            url = urljoin(response.url or url, location)
+            params = None  # the new location carries its own query
+        raise SendGridError(
+            method,
+            urlsplit(path).path,
+            response.status_code,
+            [],
+            "SendGrid answered with a redirect the client does not follow (only GET, at most "
+            f"{MAX_REDIRECTS} hops)",
+        )
+
+    def _target(self, path: str) -> tuple[str, bool]:
+        """The URL to request and whether it may carry the key (only the API origin's may)."""
+        if path.startswith("/"):  # an API path: the authority is the validated base URL's
+            return f"{self.base_url}{path}", True
+        origin = parse_origin(path)
+        if origin == self._origin:
+            return path, True
+        if origin.scheme != "https" and not origin.is_loopback:
+            raise InsecureTransportError(
+                f"Refusing to download over plain http from {origin.host}: the file holds "
+                "contact data; only https (or http to a loopback sandbox) is used"
+            )
+        return path, False
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        with_key: bool,
+        params: Mapping[str, str] | None,
+        data: bytes | None,
+    ) -> requests.Response:
+        """One hop: retries 429, 5xx, timeouts and dropped connections; 4xx becomes an error."""
+        # None removes a header a caller's session may set by default.
+        headers: dict[str, str | None] = {"Authorization": None}
+        if with_key:
+            headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
-        display = urlsplit(url).path
+        display = urlsplit(url).path  # never the query: a presigned link's signature is there
         attempt = 0
         while True:
             self._respect_rate_limit()
@@ -159,6 +366,7 @@ class SendGridClient:
                     data=data,
                     headers=headers,
                     timeout=self.timeout_seconds,
+                    allow_redirects=False,
                 )
             except (requests.ConnectionError, requests.Timeout) as error:
                 reason = type(error).__name__
@@ -174,7 +382,8 @@ class SendGridClient:
                 self._backoff(attempt, method, display, reason)
                 attempt += 1
                 continue
-            self._note_rate_limit(response)
+            if with_key:  # only the API's window paces the API; other hosts cannot stall us
+                self._note_rate_limit(response)
             if response.status_code < 400:
                 return response
             if response.status_code in RETRYABLE_STATUSES and attempt < self.max_retries:
@@ -184,7 +393,7 @@ class SendGridClient:
                     self._backoff(attempt, method, display, f"HTTP {response.status_code}")
                 attempt += 1
                 continue
-            raise self._error_for(method, display, response, attempt)
+            raise self._error_for(method, display, response, attempt, with_key)
 
     def _respect_rate_limit(self) -> None:
         if self._rate_limit_reset is None:
@@ -236,8 +445,12 @@ class SendGridClient:
         try:
             payload = response.json()
         except ValueError:
-            text = response.text.strip()[:300]
-            return [ApiErrorDetail(text)] if text else []
+            text = response.text.strip()
+            code = re.search(r"<Code>([^<]{1,100})</Code>", text)
+            if code:  # a storage (S3) error: its other elements may echo the link's signature
+                message = re.search(r"<Message>([^<]{1,300})</Message>", text)
+                return [ApiErrorDetail(message[1] if message else "", code[1])]
+            return [ApiErrorDetail(text[:300])] if text else []
         if isinstance(payload, dict) and isinstance(payload.get("errors"), list):
             return [
                 ApiErrorDetail(str(e.get("message", "")), e.get("field"))
@@ -249,10 +462,19 @@ class SendGridClient:
         return []
 
     def _error_for(
-        self, method: str, path: str, response: requests.Response, attempt: int
+        self, method: str, path: str, response: requests.Response, attempt: int, with_key: bool
     ) -> SendGridError:
         status = response.status_code
         details = self._details(response)
+        if status in (401, 403) and not with_key:
+            return SendGridError(
+                method,
+                path,
+                status,
+                details,
+                "The download link was refused; SendGrid's links expire, so the next run "
+                "asks SendGrid for a fresh one",
+            )
         if status == 401:
             return SendGridAuthError(
                 method,
@@ -275,7 +497,7 @@ class SendGridClient:
             )
         if status == 404:
             return SendGridNotFoundError(method, path, status, details)
-        if status in (400, 413):
+        if status in (400, 413, 422):
             return SendGridBadRequestError(method, path, status, details)
         if status in RETRYABLE_STATUSES:
             return SendGridUnavailableError(
@@ -325,7 +547,11 @@ class SendGridClient:
             interval = min(interval * 1.5, 10.0)
 
     def download(self, url: str) -> bytes:
-        """Fetch a job's errors file or an export file (gzip is undone by requests or here)."""
+        """Fetch a job's errors file or an export file (gzip is undone by requests or here).
+
+        Export URLs are presigned storage links ("the exported file on S3", per SendGrid's
+        export API reference); make_request sends them no API key.
+        """
         content = self.make_request("GET", url).content
         if content[:2] == b"\x1f\x8b":
             content = gzip.decompress(content)

@@ -22,7 +22,10 @@ class SendGridResource(dg.ConfigurableResource):
     )
     base_url: str = Field(
         default=DEFAULT_BASE_URL,
-        description=f"API base URL; EU accounts use {EU_BASE_URL}.",
+        description=(
+            f"API base URL; EU accounts use {EU_BASE_URL}. Must be https (plain http only to a "
+            "loopback sandbox), without user info; the key is sent to this origin only."
+        ),
     )
     timeout_seconds: float = Field(default=30.0, description="Timeout of every HTTP request.")
     max_retries: int = Field(default=6, description="Retries for 429, 5xx and network errors.")
