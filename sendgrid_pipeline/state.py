@@ -1,8 +1,10 @@
 """The durable record of what each destination's list holds because of us.
 
-An SQLite file (behind a resource so it can move). Rows are written only once SendGrid has
-confirmed the job that made them true, in the same transaction that retires the job's pending
-record, so a crash at any point leaves either the old or the new truth, never a guess.
+An SQLite file (behind a resource so it can move). Every change is written ahead as an
+intent before its request is sent; members are recorded only once SendGrid's job confirmed
+them, in the same transaction that retires the intent. An outcome that cannot be confirmed
+(a lost answer, a crash, an unreadable errors file) marks its members uncertain, and the next
+sync reconciles with the list before it plans: nothing is ever "accepted but unrecorded".
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ CREATE TABLE IF NOT EXISTS members (
     email TEXT NOT NULL,
     contact_id TEXT,
     contact_json TEXT NOT NULL,
-    managed INTEGER NOT NULL DEFAULT 1,  -- 1: we put it on the list; 0: it was there already
+    managed INTEGER NOT NULL DEFAULT 1,  -- 1: ours to remove when it leaves; 0: there before us
     synced_at TEXT NOT NULL,
+    uncertain INTEGER NOT NULL DEFAULT 0,  -- 1: a change to it was possibly applied, unconfirmed
     PRIMARY KEY (destination, list_id, email)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reconciles (
@@ -47,24 +50,32 @@ CREATE TABLE IF NOT EXISTS reconciles (
     reconciled_at TEXT NOT NULL,
     PRIMARY KEY (destination, list_id)
 );
-CREATE TABLE IF NOT EXISTS pending_jobs (
-    job_id TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS intents (
+    intent_id INTEGER PRIMARY KEY AUTOINCREMENT,
     destination TEXT NOT NULL,
     list_id TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('upsert', 'remove')),
     rows BLOB NOT NULL,
+    run_id TEXT NOT NULL,
+    job_id TEXT,  -- null until SendGrid accepted the request (202)
     created_at TEXT NOT NULL
 );
 """
+_OLD_PENDING = "pending_jobs"
 
 
 @dataclass(frozen=True)
-class PendingJob:
-    """A job SendGrid accepted (202) whose outcome we have not yet recorded."""
+class Intent:
+    """A change we were about to send, or sent: written before the request (write-ahead).
 
-    job_id: str
+    `job_id` is None when SendGrid's answer was never seen: the change was possibly applied.
+    """
+
+    intent_id: int
     kind: str
     rows: pl.DataFrame  # upsert: email, contact_json; remove: email, contact_id
+    run_id: str
+    job_id: str | None
 
 
 def _now() -> str:
@@ -72,39 +83,93 @@ def _now() -> str:
 
 
 def _to_blob(frame: pl.DataFrame) -> bytes:
-    """Arrow IPC with lz4: the cheapest round trip for a 30,000-row pending batch."""
+    """Arrow IPC with lz4: the cheapest round trip for a 30,000-row batch."""
     buffer = io.BytesIO()
     frame.write_ipc(buffer, compression="lz4")
     return buffer.getvalue()
 
 
+class StateStoreError(Exception):
+    """The sync state file cannot be used; the message names it and says how to recover."""
+
+    retryable = False
+
+
+def _explain(path: Path, error: sqlite3.Error) -> StateStoreError:
+    """A state failure as something a data engineer can act on (no row values in it)."""
+    text = str(error).split(":")[0]  # SQLite's message, never the statement's values
+    if "full" in text:
+        advice = (
+            "free disk space and rerun: every change was written ahead, so the rerun settles "
+            "whatever was sent"
+        )
+    elif "locked" in text or "busy" in text:
+        advice = "another sync holds the state; rerun when it has finished"
+    else:
+        advice = (
+            "restore the file from a backup, or move it aside and rerun with the run tag "
+            "sendgrid/reconcile=true to rebuild it from the list (members that left the "
+            "segments while the state was lost are then kept, not removed)"
+        )
+    return StateStoreError(f"Sync state {path}: {text} ({type(error).__name__}); {advice}")
+
+
 class SyncStateStore:
-    """Transactional member and pending-job records, keyed by destination and list id."""
+    """Transactional member and intent records, keyed by destination and list id."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StateStoreError(
+                f"Sync state {path}: cannot create its directory ({error.strerror})"
+            ) from None
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(members)")}
+            if "uncertain" not in columns:  # a state file from before write-ahead
+                db.execute("ALTER TABLE members ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0")
+            self._adopt_old_pending(db)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db = sqlite3.connect(self.path, timeout=30)
+        except sqlite3.Error as error:
+            raise _explain(self.path, error) from None
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             with db:  # one transaction; rolled back on any exception
                 yield db
+        except sqlite3.Error as error:
+            raise _explain(self.path, error) from None
         finally:
             db.close()
 
+    @staticmethod
+    def _adopt_old_pending(db: sqlite3.Connection) -> None:
+        """Jobs recorded by the previous format become intents with their job ids."""
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_OLD_PENDING,)
+        ).fetchone()
+        if exists:
+            db.execute(
+                "INSERT INTO intents (destination, list_id, kind, rows, run_id, job_id, "
+                "created_at) SELECT destination, list_id, kind, rows, '(earlier version)', "
+                f"job_id, created_at FROM {_OLD_PENDING}"
+            )
+            db.execute(f"DROP TABLE {_OLD_PENDING}")
+
     # -- members ---------------------------------------------------------------------------
     def members(self, destination: str, list_id: str) -> pl.DataFrame:
-        schema = {**MEMBER_SCHEMA, "managed": pl.Int8}  # SQLite hands back 0/1
+        """email, contact_id, contact_json, managed, uncertain for every recorded member."""
+        schema = {**MEMBER_SCHEMA, "managed": pl.Int8, "uncertain": pl.Int8}
         chunks = [pl.DataFrame(schema=schema)]
         with self._connect() as db:
             cursor = db.execute(
-                "SELECT email, contact_id, contact_json, managed FROM members "
+                "SELECT email, contact_id, contact_json, managed, uncertain FROM members "
                 "WHERE destination = ? AND list_id = ? ORDER BY email",
                 (destination, list_id),
             )
@@ -112,7 +177,7 @@ class SyncStateStore:
             while rows := cursor.fetchmany(100_000):
                 chunks.append(pl.DataFrame(rows, schema=schema, orient="row"))
         frame = pl.concat(chunks, rechunk=True)
-        return frame.with_columns(pl.col("managed").cast(pl.Boolean))
+        return frame.with_columns(pl.col("managed", "uncertain").cast(pl.Boolean))
 
     def record_contact_ids(self, destination: str, list_id: str, ids: pl.DataFrame) -> None:
         """Remember contact ids learned from a search so removals need no second lookup."""
@@ -131,6 +196,15 @@ class SyncStateStore:
                 [(destination, list_id, e) for e in emails],
             )
 
+    def adopt(self, destination: str, list_id: str, emails: pl.Series) -> None:
+        """Members in the segments are ours from now on (also after a lost state)."""
+        with self._connect() as db:
+            db.executemany(
+                "UPDATE members SET managed = 1 WHERE destination = ? AND list_id = ? "
+                "AND email = ? AND managed = 0",
+                [(destination, list_id, e) for e in emails],
+            )
+
     def replace_members(self, destination: str, list_id: str, frame: pl.DataFrame) -> None:
         """Rebuild a destination's record from the list's true membership (reconcile)."""
         now = _now()
@@ -140,7 +214,7 @@ class SyncStateStore:
                 (destination, list_id),
             )
             db.executemany(
-                "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
                 (
                     (destination, list_id, email, cid, cj, int(managed), now)
                     for email, cid, cj, managed in frame.select(list(MEMBER_SCHEMA)).iter_rows()
@@ -150,66 +224,110 @@ class SyncStateStore:
                 "INSERT OR REPLACE INTO reconciles VALUES (?, ?, ?)", (destination, list_id, now)
             )
 
-    def is_known(self, destination: str, list_id: str) -> bool:
-        """Whether this list's membership was ever read (reconciled) into the state."""
+    def last_reconciled(self, destination: str, list_id: str) -> datetime | None:
+        """When this list's membership was last read into the state (None: never)."""
         with self._connect() as db:
             row = db.execute(
-                "SELECT 1 FROM reconciles WHERE destination = ? AND list_id = ?",
+                "SELECT reconciled_at FROM reconciles WHERE destination = ? AND list_id = ?",
                 (destination, list_id),
             ).fetchone()
-        return row is not None
+        return datetime.fromisoformat(row[0]) if row else None
 
-    # -- pending jobs ----------------------------------------------------------------------
-    def add_pending(
-        self, job_id: str, destination: str, list_id: str, kind: str, rows: pl.DataFrame
-    ) -> None:
+    def is_known(self, destination: str, list_id: str) -> bool:
+        """Whether this list's membership was ever read (reconciled) into the state."""
+        return self.last_reconciled(destination, list_id) is not None
+
+    # -- intents (write-ahead) -------------------------------------------------------------
+    def write_intent(
+        self, destination: str, list_id: str, kind: str, rows: pl.DataFrame, run_id: str
+    ) -> int:
+        """Record a change before its request is sent; returns the intent's id."""
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO pending_jobs VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, destination, list_id, kind, _to_blob(rows), _now()),
+            cursor = db.execute(
+                "INSERT INTO intents (destination, list_id, kind, rows, run_id, job_id, "
+                "created_at) VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                (destination, list_id, kind, _to_blob(rows), run_id, _now()),
             )
+            return int(cursor.lastrowid or 0)
 
-    def pending_jobs(self, destination: str, list_id: str) -> list[PendingJob]:
+    def intent_sent(self, intent_id: int, job_id: str) -> None:
+        """SendGrid accepted the request: its job now decides the outcome."""
+        with self._connect() as db:
+            db.execute("UPDATE intents SET job_id = ? WHERE intent_id = ?", (job_id, intent_id))
+
+    def intents(self, destination: str, list_id: str) -> list[Intent]:
         with self._connect() as db:
             rows = db.execute(
-                "SELECT job_id, kind, rows FROM pending_jobs WHERE destination = ? "
-                "AND list_id = ? ORDER BY created_at, job_id",
+                "SELECT intent_id, kind, rows, run_id, job_id FROM intents "
+                "WHERE destination = ? AND list_id = ? ORDER BY intent_id",
                 (destination, list_id),
             ).fetchall()
-        return [PendingJob(j, k, pl.read_ipc(io.BytesIO(blob))) for j, k, blob in rows]
+        return [Intent(i, k, pl.read_ipc(io.BytesIO(blob)), r, j) for i, k, blob, r, j in rows]
+
+    def drop_intent(self, intent_id: int) -> None:
+        """Forget an intent whose request certainly changed nothing (refused, or failed)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
 
     def confirm_upsert(
-        self, job_id: str, destination: str, list_id: str, accepted: pl.DataFrame
+        self, intent_id: int, destination: str, list_id: str, accepted: pl.DataFrame
     ) -> None:
-        """Record the rows a completed upsert job applied and retire the job, atomically."""
+        """Record the rows a finished upsert job applied and retire the intent, atomically.
+
+        A contact we put on the list is ours to manage, whoever put it there first.
+        """
         now = _now()
         with self._connect() as db:
             db.executemany(
-                "INSERT INTO members VALUES (?, ?, ?, NULL, ?, 1, ?) "
+                "INSERT INTO members VALUES (?, ?, ?, NULL, ?, 1, ?, 0) "
                 "ON CONFLICT (destination, list_id, email) DO UPDATE SET "
-                "contact_json = excluded.contact_json, synced_at = excluded.synced_at",
+                "contact_json = excluded.contact_json, synced_at = excluded.synced_at, "
+                "managed = 1, uncertain = 0",
                 (
                     (destination, list_id, email, cj, now)
                     for email, cj in accepted.select("email", "contact_json").iter_rows()
                 ),
             )
-            db.execute("DELETE FROM pending_jobs WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
 
     def confirm_remove(
-        self, job_id: str, destination: str, list_id: str, emails: list[str]
+        self, intent_id: int, destination: str, list_id: str, emails: list[str]
     ) -> None:
-        """Drop the members a completed removal job took off the list and retire the job."""
+        """Drop the members a completed removal job took off the list and retire the intent."""
         with self._connect() as db:
             db.executemany(
                 "DELETE FROM members WHERE destination = ? AND list_id = ? AND email = ?",
                 [(destination, list_id, e) for e in emails],
             )
-            db.execute("DELETE FROM pending_jobs WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
 
-    def drop_pending(self, job_id: str) -> None:
-        """Forget a job that SendGrid says applied nothing (failed)."""
+    def mark_uncertain(
+        self, intent_id: int | None, destination: str, list_id: str, emails: list[str]
+    ) -> None:
+        """An outcome we could not confirm: these members were possibly changed.
+
+        The next sync reconciles with the list before planning, so it converges from the
+        truth (an upsert or a removal is safe to repeat). The intent is retired with it.
+        """
+        now = _now()
         with self._connect() as db:
-            db.execute("DELETE FROM pending_jobs WHERE job_id = ?", (job_id,))
+            db.executemany(
+                "INSERT INTO members VALUES (?, ?, ?, NULL, '', 1, ?, 1) "
+                "ON CONFLICT (destination, list_id, email) DO UPDATE SET uncertain = 1",
+                [(destination, list_id, e, now) for e in emails],
+            )
+            if intent_id is not None:
+                db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
+
+    def has_uncertain(self, destination: str, list_id: str) -> int:
+        """How many members have an unconfirmed change."""
+        with self._connect() as db:
+            (count,) = db.execute(
+                "SELECT count(*) FROM members WHERE destination = ? AND list_id = ? "
+                "AND uncertain = 1",
+                (destination, list_id),
+            ).fetchone()
+        return int(count)
 
 
 class SyncStateResource(dg.ConfigurableResource):

@@ -244,6 +244,37 @@ def download_export(
     return Response(200, content, "application/gzip")
 
 
+# The SGQL subset the sandbox answers: `email = '...'` or `email IN ('...', ...)`, with
+# '' as an escaped quote. Anything else is a 400, as SendGrid answers a query it cannot parse.
+_SGQL_LITERAL = r"'((?:[^']|'')*)'"
+_SGQL_EMAIL = re.compile(
+    rf"\s*email\s*(?:=\s*{_SGQL_LITERAL}|IN\s*\(\s*({_SGQL_LITERAL}(?:\s*,\s*{_SGQL_LITERAL})*)\s*\))\s*",
+    re.IGNORECASE,
+)
+SGQL_RESULT_LIMIT = 50  # "Only the first 50 contacts that meet the search criteria"
+
+
+def search_contacts(store: Store, request: Request) -> Response:
+    query = request.json_object().get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise ApiError(400, "query", "query must be a non-empty SGQL string")
+    match = _SGQL_EMAIL.fullmatch(query)
+    if match is None:
+        raise ApiError(400, "query", "the sandbox understands only email = '...' or email IN (...)")
+    literals = (
+        [match.group(1)]
+        if match.group(1) is not None
+        else re.findall(_SGQL_LITERAL, match.group(2))
+    )
+    emails = [literal.replace("''", "'") for literal in literals]
+    found = store.search_emails(emails)
+    # SGQL matches the primary email only (alternate_emails are a separate field).
+    contacts = [c for e, c in found.items() if c is not None and c["email"] == e.lower()]
+    return json_response(
+        200, {"result": contacts[:SGQL_RESULT_LIMIT], "contact_count": len(contacts)}
+    )
+
+
 Handler = Callable[..., Response]
 _ID = r"([^/]+)"
 ROUTES: tuple[tuple[str, re.Pattern[str], Handler], ...] = tuple(
@@ -252,6 +283,7 @@ ROUTES: tuple[tuple[str, re.Pattern[str], Handler], ...] = tuple(
         ("PUT", "/v3/marketing/contacts", upsert_contacts),
         ("GET", f"/v3/marketing/contacts/imports/{_ID}", get_import),
         ("POST", "/v3/marketing/contacts/search/emails", search_emails),
+        ("POST", "/v3/marketing/contacts/search", search_contacts),
         ("POST", "/v3/marketing/contacts/exports", post_export),
         ("GET", "/v3/marketing/contacts/exports", list_exports),
         ("GET", f"/v3/marketing/contacts/exports/{_ID}", get_export),

@@ -39,7 +39,9 @@ from sendgrid_pipeline.sendgrid.errors import (
 
 DEFAULT_BASE_URL = "https://api.sendgrid.com"
 EU_BASE_URL = "https://api.eu.sendgrid.com"
-SEARCH_EMAILS_MAX = 100  # "retrieve up to 100 contacts" (FACTS.md §3)
+SEARCH_EMAILS_MAX = 100  # "retrieve up to 100 contacts" (SendGrid: search contacts by emails)
+SEARCH_EMAIL_MAX_LENGTH = 100  # the email search refuses longer addresses (OpenAPI maxLength)
+SGQL_MAX_RESULTS = 50  # POST /v3/marketing/contacts/search returns the first 50 matches
 REMOVE_IDS_PER_REQUEST = 100  # keeps the DELETE URL short (~3.7 kB of ids)
 TERMINAL_JOB_STATUSES = frozenset({"completed", "errored", "failed"})
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -571,9 +573,28 @@ class SendGridClient:
         found: dict[str, str] = {}
         for email, entry in (payload.get("result") or {}).items():
             contact = entry.get("contact") if isinstance(entry, dict) else None
-            if contact and contact.get("id"):
+            # The search also matches alternate_emails: only the contact whose own email it
+            # is may be removed in its name.
+            primary = str((contact or {}).get("email") or email).lower()
+            if contact and contact.get("id") and primary == email.lower():
                 found[email.lower()] = str(contact["id"])
         return found
+
+    def search_contact_ids_by_sgql(self, emails: list[str]) -> dict[str, str]:
+        """Map lowercase email -> contact id through SGQL, for emails the email search refuses
+        (over 100 characters). SGQL returns at most 50 matches per query."""
+        if not emails or len(emails) > SGQL_MAX_RESULTS:
+            raise ValueError(f"search_contact_ids_by_sgql takes 1..{SGQL_MAX_RESULTS} emails")
+        quoted = ", ".join("'" + e.lower().replace("'", "''") + "'" for e in emails)
+        payload = self.make_request(
+            "POST", "/v3/marketing/contacts/search", json_body={"query": f"email IN ({quoted})"}
+        ).json()
+        wanted = {e.lower() for e in emails}
+        return {
+            str(c["email"]).lower(): str(c["id"])
+            for c in payload.get("result") or []
+            if isinstance(c, dict) and c.get("id") and str(c.get("email", "")).lower() in wanted
+        }
 
     def remove_from_list(self, list_id: str, contact_ids: list[str]) -> str:
         """Remove contacts from a list (they stay in the account); returns the job id."""

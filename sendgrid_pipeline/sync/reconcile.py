@@ -23,8 +23,14 @@ def read_list_members(
     fields: list[str],
     custom_ids: dict[str, str] | None = None,
     number_fields: set[str] | frozenset[str] = frozenset(),
+    fallback: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """email, contact_id, contact_json (as we would send it) for every contact on a list."""
+    """email, contact_id, contact_json (as we would send it) for every contact on a list.
+
+    Fields an export does not carry (identifiers, alternate_emails, a custom field it
+    leaves out) are taken from `fallback` (the desired contacts), so a reconcile does not
+    make every contact look changed.
+    """
     export_id = client.start_export([list_id], file_type="json")
     parts = []
     for url in client.wait_for_export(export_id):
@@ -35,6 +41,7 @@ def read_list_members(
     if not parts:
         return pl.DataFrame(schema={k: v for k, v in MEMBER_SCHEMA.items() if k != "managed"})
     exported = pl.concat(parts, how="diagonal_relaxed")
+    absent = [f for f in fields if f not in exported.columns and f != "email"]
     exported = exported.with_columns(
         [
             (pl.col(c).cast(pl.String) if c in exported.columns else pl.lit(None, t)).alias(c)
@@ -49,9 +56,20 @@ def read_list_members(
     custom_ids = custom_ids or {}
     if custom_ids:
         exported = exported.with_columns(_custom_columns(exported, custom_ids, number_fields))
+        absent += [f"custom_fields.{n}" for n in custom_ids if not _exports_custom(exported, n)]
+    if fallback is not None and absent:
+        known = fallback.select("email", *[c for c in absent if c in fallback.columns])
+        exported = exported.drop([c for c in absent if c in known.columns]).join(
+            known, on="email", how="left"
+        )
     return exported.select("email", "contact_id").with_columns(
         contact_json(exported, fields, custom_ids, number_fields)
     )
+
+
+def _exports_custom(exported: pl.DataFrame, name: str) -> bool:
+    dtype = exported.schema.get("custom_fields")
+    return isinstance(dtype, pl.Struct) and name in {f.name for f in dtype.fields}
 
 
 def _custom_columns(
