@@ -2,15 +2,23 @@
 
 A bad file fails fast, at load time, with an error that names the file, the destination or
 segment, and the offending key or column, so nothing is ever sent on a broken configuration.
+
+The files are untrusted input: every size is bounded (file, YAML nesting and alias expansion,
+names, rule length and complexity), and segment rules and mapped values are expressions over
+profile columns only, checked before they are parsed, so they can never read a file.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
+import json
 import os
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
 import polars as pl
@@ -25,7 +33,8 @@ DEFAULT_PROFILE_CAP = 100_000
 DESTINATION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 SEGMENT_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
-# SendGrid reserved contact fields a destination may map, with SendGrid's maxLength (FACTS.md §1);
+# SendGrid reserved contact fields a destination may map, with SendGrid's maxLength (see
+# https://www.twilio.com/docs/sendgrid/api-reference/contacts/add-or-update-a-contact);
 # 0: no documented limit. alternate_emails is a list (at most 5, each up to 254 characters).
 SENDGRID_FIELD_MAX_LENGTH: dict[str, int] = {
     "email": 254,
@@ -41,16 +50,227 @@ SENDGRID_FIELD_MAX_LENGTH: dict[str, int] = {
     "external_id": 254,
     "anonymous_id": 254,
 }
-# Identifiers besides email: once a contact has one, every update must carry it (FACTS.md §1).
+# Identifiers besides email: once a contact has one, every update must carry it (same page).
 IDENTIFIER_FIELDS = ("phone_number_id", "external_id", "anonymous_id")
 MAX_ALTERNATE_EMAILS = 5
 COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CUSTOM_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+MAX_CUSTOM_FIELDS = 500  # SendGrid's limit per account
+
+# Bounds on the configuration files (untrusted input: nothing may take the process down).
+MAX_CONFIG_FILE_BYTES = 1024 * 1024
+MAX_YAML_DEPTH = 32  # nesting of mappings and lists
+MAX_YAML_NODES = 100_000  # nodes of a document once its aliases are expanded
+MAX_ID_CHARS = 64  # destination names, segment ids
+MAX_LABEL_CHARS = 200  # display names, segment names
+MAX_DESCRIPTION_CHARS = 2_000
+MAX_PATH_CHARS = 1_024
+# Bounds on a rule or mapped expression, checked before the SQL parser sees it: the parser
+# recurses per operator and a long chain of them (20,000 ANDs) overflows the native stack.
+MAX_EXPRESSION_CHARS = 4_000
+MAX_EXPRESSION_NESTING = 16  # parentheses (and brackets) inside one another
+MAX_BOOLEAN_TERMS = 100  # AND / OR operators
+MAX_EXPRESSION_OPERATORS = 256  # every operator: AND, OR, NOT, comparisons, arithmetic...
+
+MEMBERSHIP_SUFFIXES = (".csv", ".parquet")
+
+
+class UnsafeExpressionError(ValueError):
+    """A rule or mapped value that is not a bounded expression over profile columns."""
+
+
+class NullableExclusionWarning(UserWarning):
+    """An exclusion segment whose rule can be null: a null excludes nobody."""
+
+
+# -- Rules and mapped values: expressions over profile columns, nothing else -----------------
+
+# Tokens of the SQL expression language, as far as the guard needs them. Only the contents of
+# single-quoted string literals are skipped; every other character is checked, and a character
+# outside this grammar is refused rather than guessed at.
+_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+)
+  | (?P<string>'(?:[^']|'')*')
+  | (?P<quoted>"(?:[^"]|"")*")
+  | (?P<comment>--|/\*)
+  | (?P<number>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op><=|>=|<>|!=|==|\|\||::|[=<>+\-*/%(),.:\[\]])
+    """,
+    re.VERBOSE,
+)
+# Words that only appear in queries, never in an expression over one row's columns.
+_QUERY_KEYWORDS = frozenset(
+    {
+        "select",
+        "from",
+        "values",
+        "table",
+        "join",
+        "union",
+        "intersect",
+        "except",
+        "lateral",
+        "exists",
+        "into",
+        "pivot",
+        "unpivot",
+    }
+)
+# Table functions (read_csv, read_parquet, read_json, read_ipc, read_ndjson, scan_*, ...) and
+# anything named like one, when called (quoted or not); a column may be called read_count.
+_TABLE_FUNCTION = re.compile(r"^(read|scan)(_\w*)?$|^\w+_scan$|^glob$")
+_WORD_OPERATORS = frozenset({"and", "or", "not", "is", "in", "like", "ilike", "between", "when"})
+# Plan nodes that mean an expression reaches outside the row: a subquery or a scan.
+_PLAN_NODES = frozenset({"SubPlan", "Scan", "DataFrameScan", "PythonScan", "IR", "dsl", "Paths"})
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """A value for an error message: never more than `limit` characters of it."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _tokens(source: str) -> Iterator[tuple[str, str]]:
+    position = 0
+    while position < len(source):
+        match = _TOKEN.match(source, position)
+        if match is None:
+            char = source[position]
+            if char in "'\"":
+                raise UnsafeExpressionError(f"unterminated quote at character {position + 1}")
+            raise UnsafeExpressionError(
+                f"character {char!r} at position {position + 1} is not allowed in an expression"
+            )
+        kind = match.lastgroup or ""
+        if kind == "comment":
+            raise UnsafeExpressionError(
+                "SQL comments are not allowed in an expression (use a YAML # comment)"
+            )
+        if kind != "space":
+            yield kind, match.group()
+        position = match.end()
+
+
+def _refused_word(word: str, called: bool) -> str | None:
+    lowered = word.lower()
+    if lowered in _QUERY_KEYWORDS:
+        hint = (
+            " (for dates use DATE_PART('year', column) instead of EXTRACT(... FROM ...))"
+            if lowered == "from"
+            else ""
+        )
+        return f"{_clip(word.upper(), 40)} is a query keyword: subqueries are not allowed{hint}"
+    if called and _TABLE_FUNCTION.match(lowered):
+        return f"{_clip(word, 40)}() is a table function (it reads files): not allowed"
+    return None
+
+
+def check_expression(source: str) -> None:
+    """Refuse anything but a bounded SQL expression over the columns of one profile row.
+
+    Checked on the text, before the SQL parser sees it (parsing a subquery already reads the
+    files it names): no SELECT/FROM or other query keyword, no table function (read_csv,
+    read_parquet, read_json, read_ipc, scan_*...), no comments, and bounded length, nesting
+    and number of operators. Raises UnsafeExpressionError, which never quotes the source.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise UnsafeExpressionError("an expression must be a non-empty string")
+    if len(source) > MAX_EXPRESSION_CHARS:
+        raise UnsafeExpressionError(
+            f"the expression has {len(source)} characters; at most {MAX_EXPRESSION_CHARS} "
+            "are allowed (define a smaller segment, or compute the value upstream)"
+        )
+    tokens = list(_tokens(source))
+    depth = boolean_terms = operators = 0
+    for index, (kind, text) in enumerate(tokens):
+        called = index + 1 < len(tokens) and tokens[index + 1][1] == "("
+        words = re.findall(r"\w+", text) if kind == "quoted" else [text] if kind == "word" else []
+        for word in words:
+            refused = _refused_word(word, called)
+            if refused:
+                raise UnsafeExpressionError(
+                    f"{refused}. A rule or mapped value is an expression over profile columns "
+                    "only: no SELECT/FROM, no subquery, no table function"
+                )
+        lowered = text.lower()
+        if kind == "op" and text in "([":
+            depth += 1
+            if depth > MAX_EXPRESSION_NESTING:
+                raise UnsafeExpressionError(
+                    f"parentheses are nested more than {MAX_EXPRESSION_NESTING} deep"
+                )
+        elif kind == "op" and text in ")]":
+            depth -= 1
+        elif (kind == "op" and text not in ",.") or (kind == "word" and lowered in _WORD_OPERATORS):
+            operators += 1
+            boolean_terms += lowered in ("and", "or")
+            if boolean_terms > MAX_BOOLEAN_TERMS:
+                raise UnsafeExpressionError(
+                    f"more than {MAX_BOOLEAN_TERMS} AND/OR operators; split the segment or "
+                    "compute a flag column upstream"
+                )
+            if operators > MAX_EXPRESSION_OPERATORS:
+                raise UnsafeExpressionError(
+                    f"more than {MAX_EXPRESSION_OPERATORS} operators in one expression"
+                )
+
+
+def _check_parsed(expr: pl.Expr) -> None:
+    """Second line of defence, on the parsed tree: only columns, literals and functions."""
+    if any(name.startswith("_POLARS_") for name in expr.meta.root_names()):
+        raise UnsafeExpressionError("the expression contains a subquery")
+    try:
+        tree = json.loads(expr.meta.serialize(format="json"))
+    except Exception as error:  # a node that cannot be serialised cannot be checked
+        raise UnsafeExpressionError(
+            f"the parsed expression cannot be checked ({type(error).__name__})"
+        ) from None
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            reached = _PLAN_NODES.intersection(node)
+            if reached:
+                raise UnsafeExpressionError(
+                    f"the expression reaches outside the profile row ({min(reached)})"
+                )
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def parse_expression(source: str) -> pl.Expr:
+    """Parse a rule or mapped value: checked as text first, then as a tree."""
+    check_expression(source)
+    expr = pl.sql_expr(source)
+    _check_parsed(expr)
+    return expr
 
 
 def value_expression(source: str) -> pl.Expr:
     """A mapped value: a profile column by name, or a polars SQL expression over columns."""
-    return pl.col(source) if COLUMN_NAME.match(source) else pl.sql_expr(source)
+    return pl.col(source) if COLUMN_NAME.match(source) else parse_expression(source)
+
+
+def normalized_source(source: str) -> str:
+    """A mapped value's text with its whitespace normalised, for comparing two mappings."""
+    try:
+        return " ".join(text for _, text in _tokens(source))
+    except UnsafeExpressionError:
+        return " ".join(source.split())
+
+
+def _literals(source: str) -> list[str]:
+    """String and number literals of an expression (sample values for the null probe)."""
+    try:
+        return [
+            text[1:-1].replace("''", "'") if kind == "string" else text
+            for kind, text in _tokens(source)
+            if kind in ("string", "number")
+        ]
+    except UnsafeExpressionError:
+        return []
 
 
 def data_dir() -> Path:
@@ -67,6 +287,12 @@ class CustomField(_Strict):
 
     source: str = Field(description="Profile column, or a polars SQL expression over columns.")
     type: Literal["Text", "Number", "Date"] = "Text"
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_an_expression(cls, value: str) -> str:
+        check_expression(value)
+        return value
 
 
 class FieldMapping(_Strict):
@@ -89,8 +315,31 @@ class FieldMapping(_Strict):
     external_id: str | None = None
     anonymous_id: str | None = None
     custom_fields: dict[str, CustomField] = Field(
-        default_factory=dict, description="SendGrid custom field name -> its source and type."
+        default_factory=dict,
+        max_length=MAX_CUSTOM_FIELDS,
+        description="SendGrid custom field name -> its source and type.",
     )
+
+    @field_validator(
+        "email",
+        "first_name",
+        "last_name",
+        "address_line_1",
+        "address_line_2",
+        "city",
+        "state_province_region",
+        "postal_code",
+        "country",
+        "alternate_emails",
+        "phone_number_id",
+        "external_id",
+        "anonymous_id",
+    )
+    @classmethod
+    def _sources_are_expressions(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_expression(value)
+        return value
 
     @field_validator("custom_fields")
     @classmethod
@@ -117,8 +366,13 @@ class FieldMapping(_Strict):
         return {**self.as_dict(), **custom}
 
     def text_columns(self) -> set[str]:
-        """Columns mapped directly to reserved fields: read as text, never type-inferred."""
-        return {s for s in self.as_dict().values() if COLUMN_NAME.match(s)}
+        """Columns mapped directly to reserved fields or Text custom fields.
+
+        They are read as text, never type-inferred, so `01234` keeps its leading zero.
+        """
+        reserved = set(self.as_dict().values())
+        custom = {c.source for c in self.custom_fields.values() if c.type == "Text"}
+        return {source for source in reserved | custom if COLUMN_NAME.match(source)}
 
     def identifiers(self) -> list[str]:
         return [f for f in IDENTIFIER_FIELDS if getattr(self, f) is not None]
@@ -127,11 +381,17 @@ class FieldMapping(_Strict):
 class Destination(_Strict):
     """An export destination: one SendGrid contact list fed by one or more segments."""
 
-    name: str = Field(description="Partition key: lowercase letters, digits and underscores.")
-    display_name: str
+    name: str = Field(
+        max_length=MAX_ID_CHARS,
+        description="Partition key: lowercase letters, digits and underscores.",
+    )
+    display_name: str = Field(max_length=MAX_LABEL_CHARS)
     list_id: str = Field(description="The SendGrid contact list id (a uuid).")
     api_key_env: str = Field(
-        default="SENDGRID_API_KEY", description="Env var that holds this destination's API key."
+        default="SENDGRID_API_KEY",
+        max_length=MAX_LABEL_CHARS,
+        description="Env var that holds this destination's API key. Destinations with the "
+        "same api_key_env are taken to be one SendGrid account, whose contacts they share.",
     )
     consent: bool = Field(
         default=False,
@@ -139,9 +399,13 @@ class Destination(_Strict):
         "compliance boundary. Without it the sync refuses to send anything.",
     )
     field_mapping: FieldMapping
-    segments: tuple[str, ...] = Field(min_length=1, description="Members of any go to the list.")
+    segments: tuple[str, ...] = Field(
+        min_length=1, max_length=1_000, description="Members of any go to the list."
+    )
     exclude_segments: tuple[str, ...] = Field(
-        default=(), description="Members of any of these are never sent, even if included."
+        default=(),
+        max_length=1_000,
+        description="Members of any of these are never sent, even if included.",
     )
     create_missing_custom_fields: bool = Field(
         default=False,
@@ -189,17 +453,45 @@ class Destination(_Strict):
 class Segment(_Strict):
     """A segment of unified profiles, defined by a SQL boolean expression over profile columns."""
 
-    id: str
-    name: str
-    description: str = ""
+    id: str = Field(max_length=MAX_ID_CHARS)
+    name: str = Field(max_length=MAX_LABEL_CHARS)
+    description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
     rule: str | None = Field(
-        default=None, description="SQL boolean expression evaluated with polars (pl.sql_expr)."
+        default=None,
+        description="SQL boolean expression over profile columns, evaluated with polars "
+        "(pl.sql_expr). No subqueries or table functions; bounded in size.",
     )
     membership_file: str | None = Field(
         default=None,
+        max_length=MAX_PATH_CHARS,
         description="A CSV or Parquet file with a customer_id column, exported by a CDP "
-        "(relative to the data directory). Give either this or rule.",
+        "(relative to the data directory, and inside it). Give either this or rule.",
     )
+
+    @field_validator("rule")
+    @classmethod
+    def _rule_is_an_expression(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_expression(value)
+        return value
+
+    @field_validator("membership_file")
+    @classmethod
+    def _file_is_inside_the_data_directory(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip() or "\0" in value:
+            raise ValueError("must be a file name relative to the data directory")
+        if PurePosixPath(value).is_absolute() or PureWindowsPath(value).anchor:
+            raise ValueError(
+                "must be relative to the data directory, not an absolute path "
+                "(copy or link the CDP export into the data directory)"
+            )
+        if ".." in re.split(r"[/\\]", value):
+            raise ValueError("must not leave the data directory ('..' is not allowed)")
+        if not value.lower().endswith(MEMBERSHIP_SUFFIXES):
+            raise ValueError(f"must be a {' or '.join(MEMBERSHIP_SUFFIXES)} file")
+        return value
 
     @model_validator(mode="after")
     def _rule_or_file(self) -> Segment:
@@ -216,7 +508,7 @@ class Segment(_Strict):
 
     @cached_property
     def expression(self) -> pl.Expr:
-        return pl.sql_expr(self.rule) if self.rule is not None else pl.lit(False)
+        return parse_expression(self.rule) if self.rule is not None else pl.lit(False)
 
 
 class PipelineConfig(BaseModel):
@@ -255,14 +547,32 @@ class PipelineConfig(BaseModel):
         raise ConfigError(f"Unknown segment {segment_id!r}")
 
     def mapped_columns(self) -> set[str]:
-        """Profile columns mapped directly to reserved fields (read as text, never inferred)."""
+        """Profile columns mapped directly to reserved fields or to Text custom fields.
+
+        They are read as text, never type-inferred. A column that a segment rule also uses is
+        read as text too: the mapping wins, and the rule must treat the column as text.
+        """
         return {col for d in self.destinations for col in d.field_mapping.text_columns()}
 
     def membership_path(self, segment: Segment) -> Path:
-        return self.data_dir / str(segment.membership_file)
+        """The segment's membership file; refused if it resolves outside the data directory."""
+        root = self.data_dir.resolve()
+        path = root / str(segment.membership_file)
+        if path.exists() and not path.resolve().is_relative_to(root):
+            raise ConfigError(
+                f"{root / 'segments.yaml'}: segment {segment.id!r} membership_file resolves "
+                f"(through a symbolic link) outside the data directory {root}"
+            )
+        return path
 
-    def validate_against_profiles(self, schema: Mapping[str, pl.DataType], source: str) -> None:
-        """Check every segment rule and every mapped column against the profile columns."""
+    def validate_against_profiles(
+        self, schema: Mapping[str, pl.DataType], source: str
+    ) -> list[str]:
+        """Check every segment rule and every mapped column against the profile columns.
+
+        Returns the warnings (also issued with `warnings.warn`) for callers to log: an
+        exclusion segment whose rule can evaluate to null (NullableExclusionWarning).
+        """
         columns = set(schema)
         empty = pl.LazyFrame(schema=dict(schema))
         for segment in self.segments:
@@ -273,7 +583,7 @@ class PipelineConfig(BaseModel):
             except pl.exceptions.PolarsError as error:
                 raise ConfigError(
                     f"{self.data_dir / 'segments.yaml'}: segment {segment.id!r} rule "
-                    f"{segment.rule!r} does not evaluate over the profiles in {source}: "
+                    f"{_clip(segment.rule)!r} does not evaluate over the profiles in {source}: "
                     f"{_first_line(error)}. Profile columns: {', '.join(sorted(columns))}"
                 ) from None
         for destination in self.destinations:
@@ -291,23 +601,226 @@ class PipelineConfig(BaseModel):
                     empty.select(value_expression(value)).collect()
                 except pl.exceptions.PolarsError as error:
                     raise ConfigError(
-                        f"{where} to the expression {value!r}, which does not evaluate over "
-                        f"the profiles in {source}: {_first_line(error)}. "
+                        f"{where} to the expression {_clip(value)!r}, which does not evaluate "
+                        f"over the profiles in {source}: {_first_line(error)}. "
                         f"Profile columns: {', '.join(sorted(columns))}"
                     ) from None
+        messages = self._nullable_exclusions(schema)
+        for message in messages:
+            warnings.warn(message, NullableExclusionWarning, stacklevel=2)
+        return messages
+
+    def _nullable_exclusions(self, schema: Mapping[str, pl.DataType]) -> list[str]:
+        excluders: dict[str, list[str]] = {}
+        for destination in self.destinations:
+            for segment_id in destination.exclude_segments:
+                excluders.setdefault(segment_id, []).append(destination.name)
+        messages = []
+        for segment in self.segments:
+            if segment.rule is None or segment.id not in excluders:
+                continue
+            nulls = _null_making_columns(segment, schema)
+            if nulls is None:
+                continue
+            when = f" (e.g. when {' and '.join(nulls)} is null)" if nulls else ""
+            flags = [c for c in nulls if schema[c] == pl.Boolean] or ["email_opt_in"]
+            messages.append(
+                f"{self.data_dir / 'segments.yaml'}: segment {segment.id!r}, excluded by "
+                f"destination {', '.join(repr(d) for d in excluders[segment.id])}, has a rule "
+                f"that can evaluate to null{when}: {_clip(segment.rule)!r}. A null excludes "
+                "nobody, so those profiles are sent. Make the rule true or false for every "
+                f"profile: write COALESCE({flags[0]}, FALSE) for a flag (to exclude profiles "
+                "without consent: NOT COALESCE(email_opt_in, FALSE)), or wrap the whole rule "
+                "in COALESCE(..., FALSE)."
+            )
+        return messages
+
+
+# -- Probing an exclusion rule for nulls -----------------------------------------------------
+
+MAX_PROBED_COLUMNS = 8  # every combination of nulls over at most this many columns
+MAX_PROBE_SAMPLES = 12
+
+
+def _parsed(literals: list[str], parse: Any) -> list[Any]:
+    values = []
+    for literal in literals:
+        try:
+            values.append(parse(literal))
+        except ValueError:
+            continue
+    return values
+
+
+def _samples(dtype: pl.DataType, literals: list[str]) -> pl.Series | None:
+    """A few non-null values of a column type, with the rule's own literals among them."""
+    if dtype == pl.Boolean:
+        values: list[Any] = [True, False]
+    elif dtype.is_numeric():
+        values = [0, 1, -1, 0.5, *_parsed(literals, float)]
+    elif dtype.is_temporal():
+        epochs = [dt.datetime(1970, 1, 1), dt.datetime(2100, 1, 1)]
+        values = [*epochs, *_parsed(literals, dt.datetime.fromisoformat)]
+    else:
+        values = ["", "x", *literals]
+    try:
+        series = pl.Series(values[:MAX_PROBE_SAMPLES], strict=False)
+        if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+            naive = series.cast(pl.Datetime(dtype.time_unit or "us"))
+            series = naive.dt.replace_time_zone(dtype.time_zone)
+        series = series.cast(dtype, strict=False).drop_nulls()
+    except pl.exceptions.PolarsError:
+        return None
+    return series if series.len() else None
+
+
+def _null_making_columns(segment: Segment, schema: Mapping[str, pl.DataType]) -> list[str] | None:
+    """Columns whose nulls make the rule null (smallest set found); None: never null.
+
+    The rule is evaluated over rows where each combination of its columns is null and the
+    others take a few sample values (including the rule's literals). A heuristic: it finds
+    the common mistakes (NOT flag, flag = FALSE, a comparison left unwrapped), not every one.
+    """
+    used = [c for c in dict.fromkeys(segment.expression.meta.root_names()) if c in schema]
+    literals = _literals(segment.rule or "")
+    samples = {c: _samples(schema[c], literals) for c in used}
+    if len(used) <= MAX_PROBED_COLUMNS:
+        subsets = [
+            combo for size in range(len(used) + 1) for combo in itertools.combinations(used, size)
+        ]
+    else:
+        subsets = [(), *((c,) for c in used), tuple(used)]
+    for nulls in subsets:
+        values = {c: samples[c] for c in used if c not in nulls}
+        if any(v is None for v in values.values()):
+            continue  # no sample value for a column that must not be null here
+        present = {c: v for c, v in values.items() if v is not None}
+        height = max((v.len() for v in present.values()), default=1)
+        frame = pl.DataFrame(
+            [
+                _cycled(present[c], height).alias(c)
+                if c in present
+                else pl.Series(c, [None] * height, dtype=schema[c])
+                for c in used
+            ]
+        )
+        if _evaluates_to_null(frame, segment.expression):
+            return list(nulls)
+    return None
+
+
+def _cycled(series: pl.Series, height: int) -> pl.Series:
+    return pl.concat([series] * (height // series.len() + 1))[:height]
+
+
+def _evaluates_to_null(frame: pl.DataFrame, expression: pl.Expr) -> bool:
+    try:
+        return bool(frame.select(expression.is_null().any()).item())
+    except pl.exceptions.PolarsError:
+        # a sample that does not suit the rule (a bad cast...): try the rows one by one
+        for row in range(frame.height):
+            try:
+                if frame[row].select(expression.is_null().any()).item():
+                    return True
+            except pl.exceptions.PolarsError:
+                continue
+        return False
 
 
 def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = str(error).strip()
+    return _clip(text.splitlines()[0], 300) if text else type(error).__name__
+
+
+# -- Reading the files: bounded in size, nesting and alias expansion --------------------------
+
+
+class _YamlLimitError(Exception):
+    pass
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader with bounded nesting and alias expansion.
+
+    Anchors and aliases are allowed (to share a block between destinations), but the document
+    they expand to is capped at MAX_YAML_NODES nodes, so an alias bomb ("billion laughs") is
+    refused before anything is built from it.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes of the document with every alias expanded (shared nodes memoised)."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in size:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if children_done:
+            on_path.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            if size[id(node)] > MAX_YAML_NODES:
+                raise _YamlLimitError(
+                    f"its anchors and aliases expand to more than {MAX_YAML_NODES:,} nodes "
+                    "(an alias bomb?); aliases are allowed, but their expansion is capped"
+                )
+            continue
+        if id(node) in on_path:
+            raise _YamlLimitError("an alias refers to a node that contains it (a cycle)")
+        on_path.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
 
 
 def _read_yaml(path: Path, top_key: str) -> list[Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found (expected a YAML file with a '{top_key}' list)")
+    with path.open("rb") as stream:
+        data = stream.read(MAX_CONFIG_FILE_BYTES + 1)
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_CONFIG_FILE_BYTES // 1024} KiB; a configuration file "
+            "this big is refused"
+        )
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start + 1})") from None
+    loader = _BoundedSafeLoader(text)
+    try:
+        document = loader.get_single_data()
+    except _YamlLimitError as error:
+        raise ConfigError(f"{path}: refused: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: refused: nested too deeply") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: malformed YAML: {error}") from None
+        raise ConfigError(f"{path}: malformed YAML: {_clip(str(error), 600)}") from None
+    finally:
+        loader.dispose()
     if not isinstance(document, dict) or not isinstance(document.get(top_key), list):
         raise ConfigError(f"{path}: expected a top-level '{top_key}:' list")
     return document[top_key]
@@ -319,12 +832,13 @@ def _parse_items(path: Path, items: list[Any], model: type[_Strict], label: str)
         name = (
             item.get("name" if model is Destination else "id") if isinstance(item, dict) else None
         )
-        where = f"{label} {name!r}" if name else f"{label} #{index + 1}"
+        named = isinstance(name, str) and 0 < len(name) <= MAX_ID_CHARS
+        where = f"{label} {name!r}" if named else f"{label} #{index + 1}"
         try:
             parsed.append(model.model_validate(item))
         except ValidationError as error:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(item)'}: {e['msg']}"
+                f"{'.'.join(_clip(str(p), 100) for p in e['loc']) or '(item)'}: {e['msg']}"
                 for e in error.errors()
             )
             raise ConfigError(f"{path}: {where}: {problems}") from None
@@ -337,6 +851,97 @@ def _reject_duplicates(path: Path, label: str, keys: list[str]) -> None:
         if key in seen:
             raise ConfigError(f"{path}: {label} {key!r} is defined more than once")
         seen.add(key)
+
+
+def _check_membership_file(root: Path, segments_path: Path, segment: Segment) -> None:
+    where = f"{segments_path}: segment {segment.id!r} membership_file"
+    try:
+        resolved = (root / str(segment.membership_file)).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ConfigError(f"{where} {segment.membership_file!r} not found in {root}") from None
+    if not resolved.is_relative_to(root):
+        raise ConfigError(
+            f"{where} {segment.membership_file!r} resolves (through a symbolic link) outside "
+            f"the data directory {root}: refused"
+        )
+    if not resolved.is_file():
+        raise ConfigError(f"{where} {segment.membership_file!r} is not a regular file")
+
+
+# SendGrid fields that hold a contact's identity rather than a value of it.
+_IDENTITY_FIELDS = ("email",)
+
+
+def _account_fields(destination: Destination) -> dict[str, tuple[str, str, str | None]]:
+    """SendGrid field key -> (mapping key, normalised source, custom field type)."""
+    mapping = destination.field_mapping
+    fields: dict[str, tuple[str, str, str | None]] = {
+        field: (f"field_mapping.{field}", source, None)
+        for field, source in mapping.as_dict().items()
+        if field not in _IDENTITY_FIELDS
+    }
+    for name, custom in mapping.custom_fields.items():
+        # SendGrid custom field names are unique ignoring case
+        fields[f"custom_fields.{name.lower()}"] = (
+            f"field_mapping.custom_fields.{name}",
+            custom.source,
+            custom.type,
+        )
+    return fields
+
+
+def _check_shared_contact_fields(path: Path, destinations: list[Destination]) -> None:
+    """Destinations of one SendGrid account must agree on every field they both send.
+
+    SendGrid keeps one contact per email for the whole account, shared by all of its lists,
+    and each upsert overwrites the fields it carries: two destinations feeding one field from
+    different sources would overwrite each other on every sync. Destinations with the same
+    api_key_env are taken to be one account. Identifiers other than email must be mapped by
+    every destination of the account, identically: SendGrid requires all of a contact's
+    identifiers on each update (see "Add or Update a Contact",
+    https://www.twilio.com/docs/sendgrid/api-reference/contacts/add-or-update-a-contact).
+    """
+    accounts: dict[str, list[Destination]] = {}
+    for destination in destinations:
+        accounts.setdefault(destination.api_key_env, []).append(destination)
+    for env, group in accounts.items():
+        if len(group) < 2:
+            continue
+        account = (
+            f"destinations of one SendGrid account (api_key_env {env}; SendGrid keeps one "
+            "contact per email for the account, shared by all its lists)"
+        )
+        first: dict[str, tuple[Destination, tuple[str, str, str | None]]] = {}
+        for destination in group:
+            for field, mapped in _account_fields(destination).items():
+                if field not in first:
+                    first[field] = (destination, mapped)
+                    continue
+                other, (other_key, other_source, other_type) = first[field]
+                key, source, kind = mapped
+                if normalized_source(source) == normalized_source(other_source) and (
+                    kind == other_type
+                ):
+                    continue
+                typed = f" ({other_type} vs {kind})" if kind != other_type else ""
+                raise ConfigError(
+                    f"{path}: {account} map one field differently{typed}: "
+                    f"{other.name!r} maps {other_key} to {_clip(other_source)!r}"
+                    f"{f' as {other_type}' if other_type else ''}, but "
+                    f"{destination.name!r} maps {key} to {_clip(source)!r}"
+                    f"{f' as {kind}' if kind else ''}. Each sync would overwrite the other's "
+                    "value: map the field identically in both, or in one of them only"
+                )
+        for identifier in IDENTIFIER_FIELDS:
+            mapping = [d.name for d in group if getattr(d.field_mapping, identifier)]
+            missing = [d.name for d in group if not getattr(d.field_mapping, identifier)]
+            if mapping and missing:
+                raise ConfigError(
+                    f"{path}: {account}: {', '.join(map(repr, mapping))} map the identifier "
+                    f"field_mapping.{identifier} but {', '.join(map(repr, missing))} do not. "
+                    "SendGrid requires every identifier a contact has on each update: map "
+                    f"{identifier} identically in every destination of the account"
+                )
 
 
 def load_config(directory: Path | str | None = None) -> PipelineConfig:
@@ -354,10 +959,14 @@ def load_config(directory: Path | str | None = None) -> PipelineConfig:
             continue
         try:
             segment.expression  # noqa: B018 - parse now so a bad rule fails at load time
+        except UnsafeExpressionError as error:
+            raise ConfigError(
+                f"{segments_path}: segment {segment.id!r} rule is refused: {error}"
+            ) from None
         except pl.exceptions.PolarsError as error:
             raise ConfigError(
                 f"{segments_path}: segment {segment.id!r} has an invalid rule "
-                f"{segment.rule!r}: {_first_line(error)}"
+                f"{_clip(segment.rule)!r}: {_first_line(error)}"
             ) from None
 
     destinations = _parse_items(
@@ -372,8 +981,8 @@ def load_config(directory: Path | str | None = None) -> PipelineConfig:
                 if segment_id not in known:
                     raise ConfigError(
                         f"{destinations_path}: destination {destination.name!r} {key} names "
-                        f"segment {segment_id!r}, which {segments_path.name} does not define. "
-                        f"Defined segments: {', '.join(sorted(known))}"
+                        f"segment {_clip(segment_id)!r}, which {segments_path.name} does not "
+                        f"define. Defined segments: {', '.join(sorted(known))}"
                     )
         both = set(destination.segments) & set(destination.exclude_segments)
         if both:
@@ -383,19 +992,18 @@ def load_config(directory: Path | str | None = None) -> PipelineConfig:
             )
         for field, value in destination.field_mapping.sources().items():
             if not COLUMN_NAME.match(value):
+                where = f"{destinations_path}: destination {destination.name!r} maps "
                 try:
-                    pl.sql_expr(value)
+                    value_expression(value)
+                except UnsafeExpressionError as error:
+                    raise ConfigError(f"{where}field_mapping.{field}: refused: {error}") from None
                 except pl.exceptions.PolarsError as error:
                     raise ConfigError(
-                        f"{destinations_path}: destination {destination.name!r} maps "
-                        f"field_mapping.{field} to an invalid SQL expression {value!r}: "
-                        f"{_first_line(error)}"
+                        f"{where}field_mapping.{field} to an invalid SQL expression "
+                        f"{_clip(value)!r}: {_first_line(error)}"
                     ) from None
+    _check_shared_contact_fields(destinations_path, destinations)
     for segment in segments:
         if segment.membership_file is not None:
-            path = root / segment.membership_file
-            if not path.is_file():
-                raise ConfigError(
-                    f"{segments_path}: segment {segment.id!r} membership_file {path} not found"
-                )
+            _check_membership_file(root, segments_path, segment)
     return PipelineConfig(data_dir=root, segments=tuple(segments), destinations=tuple(destinations))
