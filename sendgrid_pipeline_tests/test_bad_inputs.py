@@ -94,6 +94,33 @@ def _edit_profiles(data_dir: Path, change) -> None:
     change(frame).write_csv(path)
 
 
+def _as_parquet_with_a_text_lifetime_value(data_dir: Path) -> None:
+    """profiles.csv as Parquet, and a second Parquet file where lifetime_value is text."""
+    profiles = data_dir / "profiles" / "profiles.csv"
+    frame = pl.read_csv(profiles, try_parse_dates=True, schema_overrides={"postal_code": pl.String})
+    frame.write_parquet(profiles.with_suffix(".parquet"))
+    profiles.unlink()
+    extra = frame.head(1).with_columns(
+        pl.lit("Z0000001").alias("customer_id"), pl.lit("n/a").alias("lifetime_value")
+    )
+    extra.write_parquet(data_dir / "profiles" / "profiles_extra.parquet")
+
+
+def _repeat_profiles(data_dir: Path, copies: int) -> None:
+    """profiles.csv repeated under new ids (past type inference), the last lifetime_value text."""
+    path = data_dir / "profiles" / "profiles.csv"
+    frame = pl.read_csv(path, infer_schema_length=0)
+    repeated = pl.concat(
+        frame.with_columns(pl.col("customer_id") + f"-{n}") for n in range(copies)
+    ).with_columns(
+        pl.when(pl.int_range(pl.len()) == pl.len() - 1)
+        .then(pl.lit("n/a"))
+        .otherwise(pl.col("lifetime_value"))
+        .alias("lifetime_value")
+    )
+    repeated.write_csv(path)
+
+
 def _setup(case_id: str, data_dir: Path, sandbox: SandboxServer) -> None:
     profiles = data_dir / "profiles" / "profiles.csv"
     destinations = data_dir / "destinations.yaml"
@@ -130,6 +157,24 @@ def _setup(case_id: str, data_dir: Path, sandbox: SandboxServer) -> None:
                 .alias("lifetime_value")
             ),
         ),
+        "semicolon_separated_csv": lambda: pl.read_csv(profiles, infer_schema_length=0).write_csv(
+            profiles, separator=";"
+        ),
+        "latin1_csv": lambda: profiles.write_bytes(
+            profiles.read_text(encoding="utf-8").encode("latin-1", errors="replace")
+        ),
+        "type_changes_after_inferred_rows": lambda: _repeat_profiles(data_dir, 4),
+        "duplicate_customer_id_across_files": lambda: (
+            pl.read_csv(profiles, infer_schema_length=0)
+            .slice(4, 1)
+            .write_csv(data_dir / "profiles" / "profiles_extra.csv")
+        ),
+        "parquet_files_disagree_on_a_type": lambda: _as_parquet_with_a_text_lifetime_value(
+            data_dir
+        ),
+        "membership_file_without_customer_id": lambda: (
+            data_dir / "memberships" / "churn_risk.csv"
+        ).write_text("id,churn_score\nC0000007,0.5\n"),
         "malformed_segments_yaml": lambda: (data_dir / "segments.yaml").write_text("segments: [\n"),
         "malformed_destinations_yaml": lambda: destinations.write_text(
             "destinations:\n  - {name\n"

@@ -7,7 +7,9 @@ from sendgrid_pipeline.assets.common import GROUP, OWNERS
 from sendgrid_pipeline.checks import UnifiedProfilesType
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
-from sendgrid_pipeline.profile_source import FileProfileSource
+from sendgrid_pipeline.profile_source import FileProfileSource, LocatedProfiles
+
+SHOWN = 10  # offending customer_ids listed in an error
 
 
 def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
@@ -23,26 +25,15 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
     def unified_profiles(
         context: dg.AssetExecutionContext, profile_source: FileProfileSource
     ) -> dg.Output[pl.DataFrame]:
-        frame = profile_source.read(config.mapped_columns())
+        located = profile_source.read_located(config.mapped_columns())
+        frame = located.frame
         source = str(profile_source.path)
         if "customer_id" not in frame.columns:
             raise ProfileDataError(f"{source}: the profiles have no customer_id column")
         config.validate_against_profiles(frame.schema, source)
-        problems = (
-            frame.lazy()
-            .with_row_index("row")
-            .filter(pl.col("customer_id").is_null() | pl.col("customer_id").is_duplicated())
-            .select("row", "customer_id")
-            .head(10)
-            .collect()
-        )
-        if problems.height:
-            listed = ", ".join(f"row {r + 1}: {c!r}" for r, c in problems.iter_rows())
-            raise ProfileDataError(
-                f"{source}: customer_id must be present and unique; offending rows: {listed}"
-            )
+        check_customer_ids(located, source)
         context.log.info("read %d profiles from %s", frame.height, source)
-        files = [f.name for f in profile_source.files()]
+        files = [f.name for f, _ in located.files]
         return dg.Output(
             frame,
             metadata={
@@ -56,3 +47,40 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         )
 
     return unified_profiles
+
+
+def check_customer_ids(located: LocatedProfiles, source: str) -> None:
+    """Every profile has a customer_id, used once; an error names each offending file row."""
+    flagged = (
+        located.frame.lazy()
+        .select("customer_id")
+        .with_row_index("index")
+        .filter(pl.col("customer_id").is_null() | pl.col("customer_id").is_duplicated())
+        .collect()
+    )
+    if not flagged.height:
+        return
+    missing = flagged.filter(pl.col("customer_id").is_null())["index"]
+    repeated = (
+        flagged.filter(pl.col("customer_id").is_not_null())
+        .group_by("customer_id", maintain_order=True)
+        .agg(pl.col("index").head(3), pl.len().alias("rows"))
+    )
+    problems = [f"no customer_id in {located.describe(i)}" for i in missing.head(SHOWN)]
+    for customer_id, indexes, rows in repeated.head(SHOWN).iter_rows():
+        where = " and ".join(located.describe(i) for i in indexes)
+        more = f" and {rows - len(indexes)} more rows" if rows > len(indexes) else ""
+        problems.append(f"{customer_id!r} in {where}{more}")
+    counts = []
+    if missing.len():
+        counts.append(_count(missing.len(), "row without one", "rows without one"))
+    if repeated.height:
+        counts.append(_count(repeated.height, "id on several rows", "ids on several rows"))
+    raise ProfileDataError(
+        f"{source}: customer_id must be present and unique ({', '.join(counts)}; rows are "
+        "1-based data rows within each file, a CSV header not counted): " + "; ".join(problems)
+    )
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"

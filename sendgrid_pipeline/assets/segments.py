@@ -9,22 +9,50 @@ from sendgrid_pipeline.assets.common import GROUP, OWNERS, markdown_table
 from sendgrid_pipeline.checks import SegmentMembershipType
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
+from sendgrid_pipeline.profile_source import as_text, csv_error, csv_header
 from sendgrid_pipeline.transform import segment_membership as compute_membership
 
 
 def read_membership_file(path: Path) -> pl.DataFrame:
-    """A CDP's membership export: any CSV/Parquet file with a customer_id column."""
+    """A CDP's membership export: any CSV/Parquet file with a customer_id column.
+
+    Ids are text, trimmed of surrounding whitespace (a Parquet integer id 42 is '42', never
+    '42.0'); empty ids are dropped.
+    """
     try:
-        frame = (
-            pl.read_parquet(path, columns=["customer_id"])
-            if path.suffix.lower() == ".parquet"
-            else pl.read_csv(
-                path, columns=["customer_id"], schema_overrides={"customer_id": pl.String}
-            )
-        )
-    except (pl.exceptions.PolarsError, OSError) as error:
+        if path.suffix.lower() == ".parquet":
+            lazy = pl.scan_parquet(path)
+            schema = lazy.collect_schema()
+            if "customer_id" not in schema:
+                shown = ", ".join(repr(c) for c in schema.names()[:20])
+                raise ProfileDataError(
+                    f"{path}: the membership file has no customer_id column; its columns: {shown}"
+                )
+            ids = lazy.select(as_text("customer_id", schema["customer_id"]))
+        else:
+            csv_header(path, "membership file")
+            ids = pl.scan_csv(path, infer_schema=False).select("customer_id")
+        trimmed = pl.col("customer_id").str.strip_chars()
+        return ids.select(trimmed).filter(trimmed.is_not_null() & (trimmed != "")).collect()
+    except ProfileDataError:
+        raise
+    except pl.exceptions.PolarsError as error:
+        if path.suffix.lower() == ".csv":
+            raise csv_error(path, error, "membership file") from None
         raise ProfileDataError(f"{path}: cannot read the membership file: {error}") from None
-    return frame.select(pl.col("customer_id").cast(pl.String)).drop_nulls()
+    except OSError as error:
+        raise ProfileDataError(f"{path}: cannot read the membership file: {error}") from None
+
+
+def unmatched_ids(ids: pl.DataFrame, profiles: pl.DataFrame) -> pl.Series:
+    """The distinct membership ids that match no profile's customer_id."""
+    return (
+        ids.lazy()
+        .select("customer_id")
+        .unique(maintain_order=True)
+        .join(profiles.lazy().select("customer_id"), on="customer_id", how="anti")
+        .collect()["customer_id"]
+    )
 
 
 def overlaps(membership: pl.DataFrame, segments: pl.Series) -> pl.DataFrame:
@@ -66,6 +94,28 @@ def build_segments_asset(config: PipelineConfig) -> dg.AssetsDefinition:
             if s.membership_file is not None
         }
         membership = compute_membership(unified_profiles, config.segments, files)
+        unmatched: dict[str, int] = {}
+        for segment in config.segments:
+            if segment.id not in files:
+                continue
+            missing = unmatched_ids(files[segment.id], unified_profiles)
+            unmatched[segment.id] = missing.len()
+            if missing.len():
+                context.log.warning(
+                    "segment %s: %d of the %d distinct ids in %s match no profile "
+                    "(they are left out), e.g. %s",
+                    segment.id,
+                    missing.len(),
+                    files[segment.id]["customer_id"].n_unique(),
+                    segment.membership_file,
+                    ", ".join(repr(i) for i in missing.head(5)),
+                )
+            else:
+                context.log.info(
+                    "segment %s: every id in %s matches a profile",
+                    segment.id,
+                    segment.membership_file,
+                )
         sizes = membership.group_by("segment_id").len("members")
         size_of = dict(sizes.iter_rows())
         table = pl.DataFrame(
@@ -88,6 +138,7 @@ def build_segments_asset(config: PipelineConfig) -> dg.AssetsDefinition:
                     f"segment_{s}": int(n)
                     for s, n in table.select("segment", "members").iter_rows()
                 },
+                **{f"segment_{s}_unmatched_ids": n for s, n in unmatched.items()},
             },
         )
 
