@@ -426,6 +426,19 @@ class Destination(_Strict):
         description="When SendGrid rejects some rows (an errored job or a 400 for one value): "
         "'warn' finishes the sync and reports them; 'fail' also fails the step afterwards.",
     )
+    max_rejected_share: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Fail the destination when SendGrid rejects more than this share of the "
+        "contacts its list should hold (e.g. every upload job failed).",
+    )
+    reconcile_every_days: float | None = Field(
+        default=7,
+        gt=0,
+        description="Safety net: read the list's true membership at least this often "
+        "(null: only when needed: first sync, an unconfirmed change, a shrunken list).",
+    )
     owns_list: bool = Field(
         default=False,
         description="The list is dedicated to this destination: contacts on it that are not "

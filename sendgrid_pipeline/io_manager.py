@@ -45,9 +45,22 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         if not context.has_asset_partitions:
-            return pl.read_parquet(self._path(context.asset_key, None))
-        paths = [self._path(context.asset_key, k) for k in context.asset_partition_keys]
-        return pl.concat([pl.read_parquet(p) for p in paths], how="vertical")
+            return self._read(context.asset_key, None)
+        keys = context.asset_partition_keys
+        return pl.concat([self._read(context.asset_key, k) for k in keys], how="vertical")
+
+    def _read(self, key: dg.AssetKey, partition: str | None) -> pl.DataFrame:
+        """A stored output, or an immediate, non-retried failure that says what to run."""
+        path = self._path(key, partition)
+        if not path.is_file():
+            which = f" for destination {partition!r}" if partition else ""
+            raise dg.Failure(
+                description=f"No stored output of {key.to_user_string()}{which} at {path}: "
+                f"materialize {key.to_user_string()}{which} first (or select it together "
+                "with this asset in one run).",
+                allow_retries=False,
+            )
+        return pl.read_parquet(path)
 
     @staticmethod
     def _write(path: Path, frame: pl.DataFrame) -> None:

@@ -231,7 +231,7 @@ def test_brake_stops_a_broken_source_and_the_run_tag_overrides_it(data_dir, sand
 def test_rows_sendgrid_rejects_warn_by_default_and_fail_when_configured(data_dir, sandbox) -> None:
     from sendgrid_pipeline.sandbox import FaultPlan
 
-    sandbox.set_faults(FaultPlan(reject_email_pattern=r"^[a-c]"))  # SendGrid refuses some rows
+    sandbox.set_faults(FaultPlan(reject_email_pattern=r"^a"))  # SendGrid refuses a few rows
     config = load_config(data_dir)
     list_id = config.destination("winback_campaign").list_id
     result = export(data_dir, partitions=["winback_campaign"])
@@ -240,9 +240,9 @@ def test_rows_sendgrid_rejects_warn_by_default_and_fail_when_configured(data_dir
     assert metadata["rejected_by_sendgrid"] > 0
     report = pl.read_csv(data_dir / "reports" / "rejected" / "winback_campaign.sendgrid.csv")
     assert report.height == metadata["rejected_by_sendgrid"]
-    assert report["email"].str.contains(r"^[a-c]").all()
+    assert report["email"].str.contains(r"^a").all()
     members = sandbox.list_member_emails(list_id)
-    assert members and not any(e[0] in "abc" for e in members)
+    assert members and not any(e.startswith("a") for e in members)
 
     path = data_dir / "destinations.yaml"
     document = yaml.safe_load(path.read_text())

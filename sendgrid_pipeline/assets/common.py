@@ -1,6 +1,7 @@
 """Shared names and metadata helpers for the asset modules."""
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
@@ -65,3 +66,22 @@ def per_partition_metadata(
         for key in numeric
     }
     return {"destinations": markdown_table(summary), **totals}
+
+
+@contextmanager
+def retry_only_transient() -> Iterator[None]:
+    """Let the step's RetryPolicy retry only what may pass on a second try.
+
+    Errors that say so (`retryable`: 429, 5xx, timeouts, a job still running) are retried;
+    everything else (a refused request, a bad config, a bug of ours) fails at once, with its
+    message and traceback kept as the cause.
+    """
+    try:
+        yield
+    except (dg.Failure, dg.DagsterError):
+        raise
+    except Exception as error:
+        raise dg.Failure(
+            description=f"{type(error).__name__}: {error}",
+            allow_retries=bool(getattr(error, "retryable", False)),
+        ) from error

@@ -1,6 +1,7 @@
 """sendgrid_list_sync: make each destination's SendGrid list hold exactly its contacts."""
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -14,13 +15,15 @@ from sendgrid_pipeline.assets.common import (
     OWNERS,
     RECONCILE_TAG,
     markdown_table,
+    retry_only_transient,
     tag_is_true,
 )
 from sendgrid_pipeline.assets.contacts import reports_dir
 from sendgrid_pipeline.config import Destination, PipelineConfig
-from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError
+from sendgrid_pipeline.errors import ConfigError
+from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError, UnsafeUrlError
 from sendgrid_pipeline.sendgrid.resource import SendGridResource
-from sendgrid_pipeline.state import SyncStateResource
+from sendgrid_pipeline.state import StateStoreError, SyncStateResource
 from sendgrid_pipeline.sync.apply import (
     DestinationSync,
     SyncOptions,
@@ -65,6 +68,39 @@ def preflight(destination: Destination, contacts: pl.DataFrame) -> None:
         )
 
 
+# What one destination's sync may fail with and still leave the others running. Anything else
+# is a bug of ours and fails the step at once, with its traceback, never retried.
+SYNC_ERRORS = (
+    SyncRefused,
+    SendGridError,
+    SendGridJobError,
+    StateStoreError,
+    ConfigError,
+    UnsafeUrlError,
+)
+
+
+def rejected_too_many(destination: Destination, report: SyncReport) -> str:
+    """A sync that lost more than max_rejected_share of the destination's contacts failed.
+
+    Measured against every contact the list should hold, so an upload whose jobs all fail
+    fails, while a later sync that retries the same few bad rows does not.
+    """
+    rejected = report.rejected.height
+    contacts = report.plan.adds + report.plan.updates + report.plan.unchanged
+    if not rejected or not contacts:
+        return ""
+    share = rejected / contacts
+    if share <= destination.max_rejected_share:
+        return ""
+    return (
+        f"SendGrid rejected {rejected} of the destination's {contacts} contacts ({share:.0%}; "
+        f"max_rejected_share {destination.max_rejected_share:.0%}); {report.upserted} were "
+        "accepted in this sync. The list is not in sync: see the rejected rows report for "
+        "SendGrid's reasons."
+    )
+
+
 def report_metadata(report: SyncReport) -> dict:
     """The figures a data engineer reads first come first (the UI keeps this order)."""
     planned = report.plan.counts()
@@ -81,6 +117,8 @@ def report_metadata(report: SyncReport) -> dict:
         "created": report.created,
         "updated": report.updated,
         "recovered_jobs": report.recovered_jobs,
+        "uncertain_before": report.uncertain,
+        "adopted": report.adopted,
         "reconciled": report.reconciled or "no",
         "unmanaged_kept": report.plan.unmanaged_kept,
         "jobs": len(report.job_ids),
@@ -129,78 +167,94 @@ def build_sync_asset(
         sendgrid: SendGridResource,
         sync_state: SyncStateResource,
     ) -> Iterator[dg.AssetMaterialization]:
-        store = sync_state.store()
-        dry_run = config.dry_run or tag_is_true(context, DRY_RUN_TAG)
-        override = config.allow_mass_removal or tag_is_true(context, ALLOW_MASS_REMOVAL_TAG)
-        reconcile = config.reconcile or tag_is_true(context, RECONCILE_TAG)
-        per_destination: dict[str, dict] = {}
-        failures: dict[str, str] = {}
-        retryable = False
-        for key in context.partition_keys:
-            destination = pipeline.destination(key)
-            contacts = sendgrid_contacts.filter(pl.col("destination") == key)
-            try:
-                preflight(destination, contacts)
-                options = SyncOptions(
-                    dry_run=dry_run,
-                    max_removal_share=destination.max_removal_share,
-                    allow_mass_removal=override or destination.allow_mass_removal,
-                    reconcile=reconcile,
-                )
-                client = sendgrid.client(destination.api_key_env)
-                custom_ids = resolve_custom_field_ids(client, destination, context.log, dry_run)
-                sync = DestinationSync(
-                    client, store, destination, context.log, options, custom_ids=custom_ids
-                )
-                report = sync.run(contacts)
-            except (SyncRefused, SendGridError, SendGridJobError, ValueError) as error:
-                context.log.error("%s: %s", key, error)
-                failures[key] = str(error)
-                retryable |= not isinstance(error, SyncRefused | ValueError) and not (
-                    isinstance(error, SendGridError) and error.status in (400, 401, 403, 404)
-                )
-                continue
-            context.log.info(
-                "%s: %s; upserted %d (created %d, updated %d), removed %d, rejected %d; "
-                "list now has %d contacts",
-                key,
-                "DRY RUN, nothing sent" if dry_run else "synced",
-                report.upserted,
-                report.created,
-                report.updated,
-                report.removed,
-                report.rejected.height,
-                report.list_count_after,
-            )
-            per_destination[key] = report_metadata(report)
-            if report.rejected.height:
-                path = write_sendgrid_rejections(pipeline, key, report.rejected)
-                per_destination[key]["rejected_by_sendgrid_report"] = dg.MetadataValue.path(
-                    str(path)
-                )
-                context.log.warning(
-                    "%s: SendGrid rejected %d row(s); they are not recorded as synced and are "
-                    "retried on the next sync. Details: %s",
-                    key,
-                    report.rejected.height,
-                    path,
-                )
-                if destination.on_rejected_rows == "fail":
-                    failures[key] = (
-                        f"SendGrid rejected {report.rejected.height} row(s) (on_rejected_rows: "
-                        f"fail); every other contact was synced. Details: {path}"
+        with retry_only_transient():
+            dry_run = config.dry_run or tag_is_true(context, DRY_RUN_TAG)
+            override = config.allow_mass_removal or tag_is_true(context, ALLOW_MASS_REMOVAL_TAG)
+            reconcile = config.reconcile or tag_is_true(context, RECONCILE_TAG)
+            per_destination: dict[str, dict] = {}
+            failures: dict[str, str] = {}
+            retryable = False
+            for key in context.partition_keys:
+                destination = pipeline.destination(key)
+                contacts = sendgrid_contacts.filter(pl.col("destination") == key)
+                try:
+                    preflight(destination, contacts)
+                    options = SyncOptions(
+                        dry_run=dry_run,
+                        max_removal_share=destination.max_removal_share,
+                        allow_mass_removal=override or destination.allow_mass_removal,
+                        reconcile=reconcile,
+                        reconcile_every=(
+                            timedelta(days=destination.reconcile_every_days)
+                            if destination.reconcile_every_days
+                            else None
+                        ),
                     )
-        # One materialization per destination that synced, each with its own figures (also in a
-        # run over several destinations), so the UI plots every destination's history.
-        for key, metadata in per_destination.items():
-            yield dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata)
-        if failures:
-            synced = ", ".join(per_destination) or "none"
-            raise dg.Failure(
-                description="Sync failed for "
-                + "; ".join(f"{d}: {m}" for d, m in failures.items())
-                + f" (synced without error: {synced})",
-                allow_retries=retryable,
-            )
+                    client = sendgrid.client(destination.api_key_env)
+                    custom_ids = resolve_custom_field_ids(client, destination, context.log, dry_run)
+                    sync = DestinationSync(
+                        client,
+                        sync_state.store(),
+                        destination,
+                        context.log,
+                        options,
+                        custom_ids=custom_ids,
+                        run_id=context.run_id,
+                    )
+                    report = sync.run(contacts)
+                except SYNC_ERRORS as error:
+                    # One destination's failure never stops the others; retry only what may pass.
+                    context.log.error("%s: %s", key, error)
+                    failures[key] = str(error)
+                    retryable |= bool(getattr(error, "retryable", False))
+                    continue
+                context.log.info(
+                    "%s: %s; upserted %d (created %d, updated %d), removed %d, rejected %d; "
+                    "list now has %d contacts",
+                    key,
+                    "DRY RUN, nothing sent" if dry_run else "synced",
+                    report.upserted,
+                    report.created,
+                    report.updated,
+                    report.removed,
+                    report.rejected.height,
+                    report.list_count_after,
+                )
+                too_many = rejected_too_many(destination, report)
+                if too_many:
+                    context.log.error("%s: %s", key, too_many)
+                    failures[key] = too_many
+                else:
+                    per_destination[key] = report_metadata(report)
+                if report.rejected.height:
+                    path = write_sendgrid_rejections(pipeline, key, report.rejected)
+                    if key in per_destination:
+                        per_destination[key]["rejected_by_sendgrid_report"] = dg.MetadataValue.path(
+                            str(path)
+                        )
+                    context.log.warning(
+                        "%s: SendGrid rejected %d row(s); they are not recorded as synced and are "
+                        "retried on the next sync. Details: %s",
+                        key,
+                        report.rejected.height,
+                        path,
+                    )
+                    if destination.on_rejected_rows == "fail" and key not in failures:
+                        failures[key] = (
+                            f"SendGrid rejected {report.rejected.height} row(s) (on_rejected_rows: "
+                            f"fail); every other contact was synced. Details: {path}"
+                        )
+            # One materialization per destination that synced, each with its own figures (also in a
+            # run over several destinations), so the UI plots every destination's history.
+            for key, metadata in per_destination.items():
+                yield dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata)
+            if failures:
+                synced = ", ".join(per_destination) or "none"
+                raise dg.Failure(
+                    description="Sync failed for "
+                    + "; ".join(f"{d}: {m}" for d, m in failures.items())
+                    + f" (synced without error: {synced})",
+                    allow_retries=retryable,
+                )
 
     return sendgrid_list_sync

@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-SCRIPTED_FAULTS = frozenset({"429", "500", "503", "slow", "drop", "ok"})
+SCRIPTED_FAULTS = frozenset({"429", "500", "503", "slow", "drop", "lost", "ok"})
 # Headers to report when no rate limit is configured: nothing is limited, so Remaining stays full.
 NOMINAL_RATE_LIMIT = 10_000
 
@@ -30,6 +30,8 @@ class FaultPlan:
     slow_rate: float = 0.0
     slow_seconds: float = 1.0
     drop_rate: float = 0.0
+    lost_rate: float = 0.0  # applied, then the connection drops: the answer is lost
+    unreadable_errors_files: bool = False  # every errors_url download answers 500
     reject_email_pattern: str | None = None  # rows whose email matches fail at job time
     fail_jobs: bool = False  # every upsert job ends "failed"
     only_paths: str | None = None  # regex: where 5xx/slow/drop/burst/scripted faults may apply
@@ -37,7 +39,7 @@ class FaultPlan:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("error_5xx_rate", "slow_rate", "drop_rate"):
+        for name in ("error_5xx_rate", "slow_rate", "drop_rate", "lost_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.rate_limit is not None:
@@ -121,8 +123,10 @@ class FaultInjector:
             return allowed, RateState(state.limit, max(0, state.remaining - 1), state.reset)
 
     def decide(self, path: str, is_api: bool) -> str:
-        """One of "ok", "429", "slow", "drop" or a 5xx code as a string."""
+        """One of "ok", "429", "slow", "drop", "lost" or a 5xx code as a string."""
         plan = self.plan
+        if not is_api and plan.unreadable_errors_files and "/errors/" in path:
+            return "500"
         if plan.only_paths is not None:
             if not re.search(plan.only_paths, path):
                 return "ok"
@@ -137,6 +141,8 @@ class FaultInjector:
             rng = self._rng
             if plan.drop_rate and rng.random() < plan.drop_rate:
                 return "drop"
+            if plan.lost_rate and rng.random() < plan.lost_rate:
+                return "lost"
             if plan.error_5xx_rate and rng.random() < plan.error_5xx_rate:
                 return str(rng.choice(plan.error_5xx_codes))
             if plan.slow_rate and rng.random() < plan.slow_rate:

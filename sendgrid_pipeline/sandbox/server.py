@@ -548,6 +548,9 @@ class SandboxServer:
         self._fault_counts.add(fault)
         if fault == "drop":  # the request is not applied
             return _Outcome(None, rate, fault=fault)
+        if fault == "lost":  # applied, but the answer never arrives
+            applied = self._dispatch(request, rate, fault)
+            return _Outcome(None, rate, applied.contacts, fault)
         if fault == "429":
             return _Outcome(_too_many_requests(), RateState(rate.limit, 0, rate.reset), fault=fault)
         if fault == "slow":  # applied, but answered late: the client may time out first

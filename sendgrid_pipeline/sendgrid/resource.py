@@ -7,6 +7,7 @@ import os
 import dagster as dg
 from pydantic import Field
 
+from sendgrid_pipeline.errors import ConfigError
 from sendgrid_pipeline.sendgrid.client import DEFAULT_BASE_URL, EU_BASE_URL, SendGridClient
 
 BASE_URL_ENV = "SENDGRID_BASE_URL"
@@ -43,7 +44,7 @@ class SendGridResource(dg.ConfigurableResource):
             self.api_key if api_key_env == DEFAULT_KEY_ENV else dg.EnvVar(api_key_env).get_value()
         )
         if not api_key:
-            raise ValueError(
+            raise ConfigError(
                 f"Environment variable {api_key_env} is not set: it must hold the SendGrid "
                 "API key for this destination"
             )
