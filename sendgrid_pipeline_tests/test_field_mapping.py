@@ -109,9 +109,7 @@ def test_unconvertible_custom_values_are_rejected_rows() -> None:
     }
     (c1, c3) = result.accepted.iter_rows(named=True)
     assert c1["custom_fields.since"] == "02/29/2024" and c3["custom_fields.since"] == "02/28/2024"
-    encoded = contact_json(
-            result.accepted, ["email"], {"ltv": "e1_N", "since": "e2_D"}, {"ltv"}
-        )
+    encoded = contact_json(result.accepted, ["email"], {"ltv": "e1_N", "since": "e2_D"}, {"ltv"})
     assert encoded.to_list() == [
         '{"email":"a@example.com","custom_fields":{"e1_N":12.5,"e2_D":"02/29/2024"}}',
         '{"email":"c@example.com","custom_fields":{"e2_D":"02/28/2024"}}',  # null: left out

@@ -1,0 +1,172 @@
+"""Crash safety when the world changes between the crash and the rerun (write-ahead intents).
+
+Each test fails on a design that records a change only after SendGrid accepted it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import polars as pl
+import pytest
+
+from sendgrid_pipeline.config import FieldMapping
+from sendgrid_pipeline.sandbox import FaultPlan
+from sendgrid_pipeline.sendgrid.client import SendGridClient
+from sendgrid_pipeline.sendgrid.errors import SendGridUnavailableError
+from sendgrid_pipeline.state import StateStoreError, SyncStateStore
+from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions, SyncRefused
+from sendgrid_pipeline_tests.sync.support import (
+    DESTINATION,
+    LIST_ID,
+    Crash,
+    emails,
+    log,
+    on_list,
+    people,
+    recorded,
+    sent_contacts,
+    sync,
+)
+
+NAMES = [f"p{i:02}" for i in range(30)]
+
+
+@pytest.mark.parametrize("step", ["upsert_intent", "upsert_sent", "upsert_recorded"])
+def test_a_crash_around_an_upsert_then_the_joiners_leave(sandbox, state_path, step) -> None:
+    sync(sandbox, state_path, people(*NAMES[:10]))
+    with pytest.raises(Crash):
+        sync(sandbox, state_path, people(*NAMES[:20]), crash_at=(step, 1))
+    sandbox.wait_for_idle()
+    # the world moves on before the rerun: the ten who were being added leave again
+    target = people(*NAMES[:10], renamed={"p01": "Renamed"})
+    sync(sandbox, state_path, target, allow_mass_removal=True)
+    sandbox.wait_for_idle()
+    assert on_list(sandbox) == emails(target)
+    assert sandbox.contact("p01@example.com")["first_name"] == "Renamed"
+
+
+def test_an_applied_but_unrecorded_removal_is_undone_when_they_rejoin(sandbox, state_path) -> None:
+    everyone = people(*NAMES[:20])
+    sync(sandbox, state_path, everyone)
+    with pytest.raises(Crash):  # the DELETE went through; its job id was never recorded
+        sync(sandbox, state_path, people(*NAMES[:17]), crash_at=("remove_sent", 1))
+    sandbox.wait_for_idle()
+    assert on_list(sandbox) == emails(people(*NAMES[:17]))  # SendGrid removed them
+    sync(sandbox, state_path, everyone)  # and they rejoin the segments
+    assert on_list(sandbox) == emails(everyone)
+
+
+def test_lost_answers_are_possibly_applied_and_converge(sandbox, state_path) -> None:
+    sync(sandbox, state_path, people(*NAMES[:10]))
+    client = SendGridClient(
+        sandbox.api_key,
+        sandbox.base_url,
+        poll_interval_seconds=0.01,
+        max_retries=1,
+        backoff_base_seconds=0.01,
+        timeout_seconds=2.0,
+    )
+    sandbox.set_faults(FaultPlan(only_paths="^/v3/marketing/contacts$", lost_rate=1.0))
+    engine = DestinationSync(
+        client, SyncStateStore(state_path), DESTINATION, log, SyncOptions(), run_id="lost"
+    )
+    with pytest.raises(SendGridUnavailableError):
+        engine.run(people(*NAMES[:20]))  # applied twice, never answered
+    assert SyncStateStore(state_path).has_uncertain(DESTINATION.name, LIST_ID) == 10
+    sandbox.set_faults(FaultPlan())
+    sandbox.wait_for_idle()
+    target = people(*NAMES[:5], *NAMES[10:15])  # half of the old ones and of the new ones leave
+    report = sync(sandbox, state_path, target, allow_mass_removal=True)
+    assert report.reconciled.endswith("unconfirmed change")
+    assert on_list(sandbox) == emails(target)
+    assert recorded(state_path) == emails(target)
+
+
+def test_an_unreadable_errors_file_leaves_nothing_unrecorded(sandbox, state_path) -> None:
+    sandbox.set_faults(FaultPlan(reject_email_pattern="^p0[0-4]", unreadable_errors_files=True))
+    first = people(*NAMES[:10])
+    report = sync(sandbox, state_path, first)
+    assert report.upserted == 0  # the job errored and we cannot tell which rows it took
+    assert SyncStateStore(state_path).has_uncertain(DESTINATION.name, LIST_ID) == 10
+    sandbox.set_faults(FaultPlan())
+    target = people(*NAMES[7:12])
+    sync(sandbox, state_path, target, allow_mass_removal=True)
+    assert on_list(sandbox) == emails(target)
+
+
+def test_a_full_disk_before_sending_sends_nothing(sandbox, state_path, monkeypatch) -> None:
+    sync(sandbox, state_path, people(*NAMES[:5]))
+    sandbox.reset_request_log()
+    real_connect = SyncStateStore._connect
+
+    @contextmanager
+    def full_disk(self):  # SQLite's own "database or disk is full": no page may be added
+        with real_connect(self) as db:
+            (pages,) = db.execute("PRAGMA page_count").fetchone()
+            db.execute(f"PRAGMA max_page_count = {pages}")
+            yield db
+
+    monkeypatch.setattr(SyncStateStore, "_connect", full_disk)
+    with pytest.raises(StateStoreError, match=r"full.*free disk space"):
+        sync(sandbox, state_path, people(*NAMES[:30]), max_contacts_per_upsert=5)
+    monkeypatch.undo()
+    sandbox.wait_for_idle()
+    # whatever reached SendGrid is recorded, as a member or as a change written ahead
+    store = SyncStateStore(state_path)
+    ahead = {e for i in store.intents(DESTINATION.name, LIST_ID) for e in i.rows["email"]}
+    assert on_list(sandbox) <= recorded(state_path) | ahead
+    target = people(*NAMES[20:30])  # the world moves on: most of them leave again
+    sync(sandbox, state_path, target, allow_mass_removal=True)
+    assert on_list(sandbox) == emails(target)
+
+
+def test_state_errors_name_the_file_and_the_recovery(tmp_path) -> None:
+    broken = tmp_path / "sync_state.sqlite"
+    broken.write_bytes(b"this is not a database, it is jane.doe@example.com" * 100)
+    with pytest.raises(StateStoreError) as raised:
+        SyncStateStore(broken)
+    message = str(raised.value)
+    assert str(broken) in message and "reconcile" in message and "restore" in message
+    assert "jane.doe" not in message
+    assert raised.value.retryable is False
+
+
+def test_a_lost_state_on_the_day_the_profiles_are_truncated_is_braked(sandbox, state_path) -> None:
+    everyone = people(*NAMES)
+    sync(sandbox, state_path, everyone)
+    state_path.unlink()  # lost, and the same day the source delivers a tenth of the profiles
+    truncated = people(*NAMES[:3])
+    with pytest.raises(SyncRefused, match="no record of list"):
+        sync(sandbox, state_path, truncated)
+    assert on_list(sandbox) == emails(everyone)
+
+
+def test_contacts_we_send_later_are_managed_again_after_a_lost_state(sandbox, state_path) -> None:
+    everyone = people(*NAMES)
+    sync(sandbox, state_path, everyone)
+    state_path.unlink()
+    sync(sandbox, state_path, people(*NAMES[:3]), allow_mass_removal=True)  # kept, not ours
+    sync(sandbox, state_path, everyone)  # the source is repaired: all of them are ours again
+    churned = people(*NAMES[:27])  # a normal churn afterwards
+    sync(sandbox, state_path, churned)
+    assert on_list(sandbox) == emails(churned)
+
+
+def test_a_reconcile_does_not_resend_contacts_with_an_identifier(sandbox, state_path) -> None:
+    destination = DESTINATION.model_copy(
+        update={
+            "field_mapping": FieldMapping(
+                email="email", first_name="first_name", external_id="customer_id"
+            )
+        }
+    )
+    target = people(*NAMES[:12]).with_columns(
+        pl.col("email").str.extract(r"^(\w+)@").alias("external_id")
+    )
+    sync(sandbox, state_path, target, destination=destination)
+    sandbox.reset_request_log()
+    report = sync(sandbox, state_path, target, destination=destination, reconcile=True)
+    assert report.reconciled == "requested"
+    assert sent_contacts(sandbox) == 0
+    assert report.plan.unchanged == 12
