@@ -91,59 +91,61 @@ def capped_contacts_schema(cap: int) -> pa.DataFrameSchema:
     )
 
 
-def validation_failures(schema: pa.DataFrameSchema, frame: pl.DataFrame) -> pl.DataFrame:
-    """Pandera's failure cases as a small frame (check, count); empty when valid."""
+def _failure_cases(schema: pa.DataFrameSchema, frame: pl.DataFrame) -> pl.DataFrame | None:
+    """Pandera's failure cases (one row per failing value and check); None when valid."""
     try:
         schema.validate(frame, lazy=True)
     except SchemaErrors as errors:
-        cases = errors.failure_cases
-        return (
-            cases.group_by("check")
-            .agg(pl.len().alias("failures"))
-            .with_columns(pl.col("check").str.replace(r"^str_matches\(.*", "valid_email_syntax"))
-            .sort("check")
-            .with_columns(pl.col("failures").cast(pl.Int64))
+        return errors.failure_cases.with_columns(
+            pl.col("check").str.replace(r"^str_matches\(.*", "valid_email_syntax")
         )
-    return pl.DataFrame(schema={"check": pl.String, "failures": pl.Int64})
+    return None
 
 
-def contact_check_results(
-    accepted: pl.DataFrame, caps: dict[str, int]
-) -> list[dg.AssetCheckResult]:
-    """Blocking checks over a (possibly multi-destination) contacts frame."""
-    email_failures: list[str] = []
-    failing_rows = 0
-    cap_failures: list[str] = []
-    counts: dict[str, int] = {}
-    for destination, cap in caps.items():
-        frame = accepted.filter(pl.col("destination") == destination)
-        counts[destination] = frame.height
-        failures = validation_failures(capped_contacts_schema(cap), frame)
-        for check, n in failures.iter_rows():
-            if check == "within_profile_cap":
-                cap_failures.append(
-                    f"{destination}: {frame.height} contacts exceed the cap of {cap} by "
-                    f"{frame.height - cap}"
-                )
-            else:
-                email_failures.append(f"{destination}: {n} row(s) fail {check}")
-                failing_rows += n
+def validation_failures(schema: pa.DataFrameSchema, frame: pl.DataFrame) -> pl.DataFrame:
+    """Pandera's failure cases as a small frame (check, count); empty when valid."""
+    cases = _failure_cases(schema, frame)
+    if cases is None:
+        return pl.DataFrame(schema={"check": pl.String, "failures": pl.Int64})
+    return (
+        cases.group_by("check")
+        .agg(pl.len().alias("failures"))
+        .sort("check")
+        .with_columns(pl.col("failures").cast(pl.Int64))
+    )
+
+
+def contact_check_results(contacts: pl.DataFrame, cap: int) -> list[dg.AssetCheckResult]:
+    """The blocking checks over one destination's contacts, with that destination's figures."""
+    cases = _failure_cases(capped_contacts_schema(cap), contacts)
+    if cases is None:
+        cases = pl.DataFrame(schema={"check": pl.String, "index": pl.Int32})
+    email_cases = cases.filter(pl.col("check") != "within_profile_cap")
+    over_cap = cases.height - email_cases.height
+    by_check = dict(email_cases.group_by("check").len().sort("check").iter_rows())
+    failing_rows = email_cases["index"].drop_nulls().n_unique()
+    email_problems = [f"{n} row(s) fail {check}" for check, n in by_check.items()]
     return [
         dg.AssetCheckResult(
             check_name=EMAIL_CHECK,
-            passed=not email_failures,
+            passed=not email_problems,
             severity=dg.AssetCheckSeverity.ERROR,
-            description="; ".join(email_failures) or "every email is present, valid and unique",
-            metadata={"failing_rows": failing_rows},
+            description="; ".join(email_problems) or "every email is present, valid and unique",
+            metadata={
+                "contacts": contacts.height,
+                "failing_rows": failing_rows,
+                **{f"failing_{check}": int(n) for check, n in by_check.items()},
+            },
         ),
         dg.AssetCheckResult(
             check_name=CAP_CHECK,
-            passed=not cap_failures,
+            passed=not over_cap,
             severity=dg.AssetCheckSeverity.ERROR,
-            description="; ".join(cap_failures) or "every destination is within its profile cap",
-            metadata={
-                **{f"contacts_{d}": n for d, n in counts.items()},
-                **{f"cap_{d}": c for d, c in caps.items()},
-            },
+            description=(
+                f"{contacts.height} contacts exceed the cap of {cap} by {contacts.height - cap}"
+                if over_cap
+                else f"{contacts.height} contacts, within the cap of {cap}"
+            ),
+            metadata={"contacts": contacts.height, "profile_cap": cap},
         ),
     ]

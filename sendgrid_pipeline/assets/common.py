@@ -1,11 +1,17 @@
 """Shared names and metadata helpers for the asset modules."""
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
 import polars as pl
+
+# Not exported at the top level in Dagster 1.13: the pointer from a check's evaluation to the
+# materialization it checked (what dg.AssetCheckResult fills in for a single-partition step).
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 GROUP = "sendgrid_export"
 OWNERS = ["team:data-engineering"]
@@ -31,41 +37,86 @@ def tag_is_true(context: dg.AssetExecutionContext, tag: str) -> bool:
     return str(context.run.tags.get(tag, "")).lower() in {"1", "true", "yes"}
 
 
-def per_partition_metadata(
+def add_partition_metadata(
     context: dg.AssetExecutionContext,
     per_destination: Mapping[str, Mapping[str, Any]],
-) -> dict[str, Any]:
-    """Materialization metadata for one destination, or for a run over several.
+) -> None:
+    """Each destination's figures on its own partition's materialization, and nowhere else.
 
-    Over several partitions, each destination's figures are also logged as an observation of
-    its own partition, so the UI's per-partition plots stay meaningful.
+    Metadata given to the step's Output lands on every partition the run materializes, so in a
+    run over several destinations it would show one destination (or the run's total) as every
+    destination's figure. Partition-scoped asset metadata is written to that partition only.
     """
-    if len(per_destination) == 1:
-        return dict(next(iter(per_destination.values())))
     for destination, metadata in per_destination.items():
-        context.log_event(
-            dg.AssetObservation(
-                asset_key=context.asset_key, partition=destination, metadata=dict(metadata)
+        context.add_asset_metadata(dict(metadata), partition_key=destination)
+
+
+def partition_check_results(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
+    results: Mapping[str, Sequence[dg.AssetCheckResult]],
+) -> Iterator[dg.Output | dg.AssetCheckEvaluation]:
+    """Each destination's check results, attached to that destination's partition.
+
+    A dg.AssetCheckResult names no partition: Dagster attaches it to the step's partition only
+    when the step covers exactly one, so over several destinations it would record a single
+    result on no partition, and every partition's check would show as skipped. An evaluation
+    names its partition and the partition's materialization it checked (without that target the
+    UI takes the result as out of date). The checks' outputs are emitted once, as Dagster does
+    for a result, so assets that wait on a blocking check still run when it passes. A failed
+    blocking check of ERROR severity still fails the step after every result is recorded.
+    """
+    op_context = context.op_execution_context
+    assets_def = op_context.assets_def
+    selected = op_context.selected_asset_check_keys
+    evaluations: list[dg.AssetCheckEvaluation] = []
+    emitted: set[dg.AssetCheckKey] = set()
+    for partition, partition_results in results.items():
+        for result in partition_results:
+            if result.check_name is None:
+                raise ValueError("a per-partition check result must name its check")
+            asset_key = result.asset_key or assets_def.key
+            check_key = dg.AssetCheckKey(asset_key, result.check_name)
+            if check_key not in selected:
+                continue
+            if check_key not in emitted:
+                emitted.add(check_key)
+                yield dg.Output(
+                    None, output_name=assets_def.get_output_name_for_asset_check_key(check_key)
+                )
+            spec = assets_def.get_spec_for_check_key(check_key)
+            evaluations.append(
+                dg.AssetCheckEvaluation(
+                    asset_key=check_key.asset_key,
+                    check_name=check_key.name,
+                    passed=result.passed,
+                    metadata=result.metadata,
+                    target_materialization_data=_latest_materialization(
+                        context.instance, check_key.asset_key, partition
+                    ),
+                    severity=result.severity,
+                    description=result.description,
+                    blocking=spec.blocking,
+                    partition=partition,
+                )
             )
-        )
-    numeric = sorted(
-        {
-            key
-            for metadata in per_destination.values()
-            for key, value in metadata.items()
-            if isinstance(value, int | float) and not isinstance(value, bool)
-        }
+    yield from evaluations
+
+
+def _latest_materialization(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The partition's latest materialization, which the check's result is about."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    record = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=record.storage_id,
+        run_id=record.event_log_entry.run_id,
+        timestamp=record.timestamp,
     )
-    summary = pl.DataFrame(
-        [{"destination": d, **{k: m.get(k) for k in numeric}} for d, m in per_destination.items()]
-    )
-    # Totals are prefixed: every partition of the run carries this metadata, and a bare
-    # "contacts" here would plot the run's total as if it were one destination's figure.
-    totals = {
-        f"run_total_{key}": sum(m.get(key, 0) or 0 for m in per_destination.values())
-        for key in numeric
-    }
-    return {"destinations": markdown_table(summary), **totals}
 
 
 @contextmanager

@@ -10,7 +10,13 @@ import polars as pl
 from dagster_pandas import PandasColumn, create_dagster_pandas_dataframe_type
 from dagster_pandas.data_frame import create_table_schema_metadata_from_dataframe
 
-from sendgrid_pipeline.assets.common import GROUP, OWNERS, markdown_table, per_partition_metadata
+from sendgrid_pipeline.assets.common import (
+    GROUP,
+    OWNERS,
+    add_partition_metadata,
+    markdown_table,
+    partition_check_results,
+)
 from sendgrid_pipeline.checks import (
     CAP_CHECK,
     EMAIL_CHECK,
@@ -81,14 +87,14 @@ def build_contacts_asset(
                 EMAIL_CHECK,
                 asset="sendgrid_contacts",
                 blocking=True,
-                partitions_def=partitions,  # single-destination runs attribute the result
+                partitions_def=partitions,  # one result per destination, on its partition
                 description="Every email is present, valid, lowercase and unique (Pandera).",
             ),
             dg.AssetCheckSpec(
                 CAP_CHECK,
                 asset="sendgrid_contacts",
                 blocking=True,
-                partitions_def=partitions,  # single-destination runs attribute the result
+                partitions_def=partitions,  # one result per destination, on its partition
                 description="At most profile_cap contacts per destination (default 100,000); "
                 "a failure stops the sync before anything is sent.",
             ),
@@ -102,15 +108,15 @@ def build_contacts_asset(
         context: dg.AssetExecutionContext,
         unified_profiles: pl.DataFrame,
         segment_membership: pl.DataFrame,
-    ) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    ) -> Iterator[dg.Output | dg.AssetCheckEvaluation]:
         accepted_frames = []
         per_destination = {}
-        caps = {}
+        check_results = {}
         for key in context.partition_keys:
             destination = config.destination(key)
             result = destination_contacts(unified_profiles, segment_membership, destination)
             accepted_frames.append(result.accepted)
-            caps[key] = destination.profile_cap
+            check_results[key] = contact_check_results(result.accepted, destination.profile_cap)
             report_path = reports_dir(config) / f"{key}.csv"
             report = write_rejected_report(report_path, result.rejected)
             by_reason = dict(result.rejected.group_by("reason").len().iter_rows())
@@ -124,6 +130,7 @@ def build_contacts_asset(
                 by_reason or "",
             )
             per_destination[key] = {
+                "dagster/row_count": result.accepted.height,
                 "profiles_in_segments": result.profiles_in_segments,
                 "contacts": result.accepted.height,
                 "rejected": result.rejected.height,
@@ -137,8 +144,11 @@ def build_contacts_asset(
                 "rejected_report_schema": create_table_schema_metadata_from_dataframe(report),
             }
         accepted = pl.concat(accepted_frames, how="diagonal_relaxed")
-        metadata = per_partition_metadata(context, per_destination)
-        yield dg.Output(accepted, metadata={"dagster/row_count": accepted.height, **metadata})
-        yield from contact_check_results(accepted, caps)
+        # Every figure goes on its own destination's partition: the Output itself carries none,
+        # since its metadata would be shown on every partition of the run.
+        add_partition_metadata(context, per_destination)
+        yield dg.Output(accepted)
+        # After the Output, so each result points at its partition's new materialization.
+        yield from partition_check_results(context, check_results)
 
     return sendgrid_contacts
