@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS reconciles (
     reconciled_at TEXT NOT NULL,
     PRIMARY KEY (destination, list_id)
 );
+CREATE TABLE IF NOT EXISTS generations (  -- bumped with every recorded change of a list
+    destination TEXT NOT NULL,
+    list_id TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    PRIMARY KEY (destination, list_id)
+);
 CREATE TABLE IF NOT EXISTS intents (
     intent_id INTEGER PRIMARY KEY AUTOINCREMENT,
     destination TEXT NOT NULL,
@@ -112,6 +118,15 @@ def _explain(path: Path, error: sqlite3.Error) -> StateStoreError:
             "segments while the state was lost are then kept, not removed)"
         )
     return StateStoreError(f"Sync state {path}: {text} ({type(error).__name__}); {advice}")
+
+
+def _bump(db: sqlite3.Connection, destination: str, list_id: str) -> None:
+    """Count a recorded change: a state restored from an older backup shows a lower count."""
+    db.execute(
+        "INSERT INTO generations VALUES (?, ?, 1) ON CONFLICT (destination, list_id) "
+        "DO UPDATE SET generation = generation + 1",
+        (destination, list_id),
+    )
 
 
 class SyncStateStore:
@@ -191,6 +206,7 @@ class SyncStateStore:
     def forget(self, destination: str, list_id: str, emails: list[str]) -> None:
         """Drop members that SendGrid does not hold at all (nothing to remove)."""
         with self._connect() as db:
+            _bump(db, destination, list_id)
             db.executemany(
                 "DELETE FROM members WHERE destination = ? AND list_id = ? AND email = ?",
                 [(destination, list_id, e) for e in emails],
@@ -199,6 +215,7 @@ class SyncStateStore:
     def adopt(self, destination: str, list_id: str, emails: pl.Series) -> None:
         """Members in the segments are ours from now on (also after a lost state)."""
         with self._connect() as db:
+            _bump(db, destination, list_id)
             db.executemany(
                 "UPDATE members SET managed = 1 WHERE destination = ? AND list_id = ? "
                 "AND email = ? AND managed = 0",
@@ -209,6 +226,7 @@ class SyncStateStore:
         """Rebuild a destination's record from the list's true membership (reconcile)."""
         now = _now()
         with self._connect() as db:
+            _bump(db, destination, list_id)
             db.execute(
                 "DELETE FROM members WHERE destination = ? AND list_id = ?",
                 (destination, list_id),
@@ -232,6 +250,15 @@ class SyncStateStore:
                 (destination, list_id),
             ).fetchone()
         return datetime.fromisoformat(row[0]) if row else None
+
+    def generation(self, destination: str, list_id: str) -> int:
+        """How many changes of this list the state has recorded (0: none)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT generation FROM generations WHERE destination = ? AND list_id = ?",
+                (destination, list_id),
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def is_known(self, destination: str, list_id: str) -> bool:
         """Whether this list's membership was ever read (reconciled) into the state."""
@@ -278,6 +305,7 @@ class SyncStateStore:
         """
         now = _now()
         with self._connect() as db:
+            _bump(db, destination, list_id)
             db.executemany(
                 "INSERT INTO members VALUES (?, ?, ?, NULL, ?, 1, ?, 0) "
                 "ON CONFLICT (destination, list_id, email) DO UPDATE SET "
@@ -295,6 +323,7 @@ class SyncStateStore:
     ) -> None:
         """Drop the members a completed removal job took off the list and retire the intent."""
         with self._connect() as db:
+            _bump(db, destination, list_id)
             db.executemany(
                 "DELETE FROM members WHERE destination = ? AND list_id = ? AND email = ?",
                 [(destination, list_id, e) for e in emails],
@@ -311,6 +340,7 @@ class SyncStateStore:
         """
         now = _now()
         with self._connect() as db:
+            _bump(db, destination, list_id)
             db.executemany(
                 "INSERT INTO members VALUES (?, ?, ?, NULL, '', 1, ?, 1) "
                 "ON CONFLICT (destination, list_id, email) DO UPDATE SET uncertain = 1",

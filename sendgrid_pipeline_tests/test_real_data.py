@@ -165,3 +165,20 @@ def test_only_transient_errors_are_retried(error: Exception, retried: bool) -> N
         raise error
     assert raised.value.allow_retries is retried
     assert raised.value.__cause__ is error
+
+
+def test_a_restored_state_backup_is_detected_through_dagsters_record(data_dir, sandbox) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    list_id = _set_up(data_dir, "customer_id IN ('C0000001','C0000002')")
+    assert export(data_dir, partitions=["pair"], instance=instance).success
+    state = data_dir / "state" / "sync_state.sqlite"
+    backup = state.read_bytes()
+    _set_up(data_dir, "customer_id IN ('C0000001','C0000002','C0000003')")
+    assert export(data_dir, partitions=["pair"], instance=instance).success
+    for leftover in state.parent.glob(state.name + "-*"):
+        leftover.unlink()
+    state.write_bytes(backup)
+    _set_up(data_dir, "customer_id IN ('C0000001','C0000002')")
+    result = export(data_dir, partitions=["pair"], instance=instance)
+    assert result.success, step_failure_messages(result)
+    assert len(sandbox.list_member_emails(list_id)) == 2

@@ -101,6 +101,17 @@ def rejected_too_many(destination: Destination, report: SyncReport) -> str:
     )
 
 
+def witnessed_generation(context: dg.AssetExecutionContext, key: str) -> int | None:
+    """The state generation the destination's last sync reported to Dagster, if any."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[key]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get("state_generation")
+    return int(value.value) if value is not None else None
+
+
 def report_metadata(report: SyncReport) -> dict:
     """The figures a data engineer reads first come first (the UI keeps this order)."""
     planned = report.plan.counts()
@@ -124,6 +135,9 @@ def report_metadata(report: SyncReport) -> dict:
         "jobs": len(report.job_ids),
         "list_contact_count_before": report.list_count_before,
         "duration_seconds": round(report.seconds, 3),
+        # the state's change count, so the next sync can tell a state restored from an older
+        # backup (its count is lower than this) and reconcile
+        "state_generation": report.state_generation,
         "job_ids": ", ".join(report.job_ids[:50]) or "(none)",
         "plan_sample (masked)": markdown_table(report.plan.sample()),
         "rejected_by_sendgrid_sample (masked)": markdown_table(masked_rejections(report.rejected)),
@@ -184,6 +198,7 @@ def build_sync_asset(
                         max_removal_share=destination.max_removal_share,
                         allow_mass_removal=override or destination.allow_mass_removal,
                         reconcile=reconcile,
+                        witnessed_generation=witnessed_generation(context, key),
                         reconcile_every=(
                             timedelta(days=destination.reconcile_every_days)
                             if destination.reconcile_every_days

@@ -60,6 +60,9 @@ class SyncOptions:
     allow_mass_removal: bool = False
     reconcile: bool = False
     reconcile_every: timedelta | None = timedelta(days=7)  # safety net; None: never by age
+    # The state generation the last sync reported (Dagster's record): a state below it was
+    # restored from an older backup.
+    witnessed_generation: int | None = None
     max_contacts_per_upsert: int = MAX_CONTACTS_PER_UPSERT
 
 
@@ -84,6 +87,7 @@ class SyncReport:
     rejected: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=REJECTED_SCHEMA))
     list_count_before: int = 0
     list_count_after: int = 0
+    state_generation: int = 0
     seconds: float = 0.0
 
 
@@ -119,6 +123,7 @@ class DestinationSync:
         self.custom_ids = custom_ids or {}
         self.number_fields = number_custom_fields(destination.field_mapping)
         self.run_id = run_id
+        self._stale_state = False  # set when the state is older than the last sync
 
     # -- entry point -----------------------------------------------------------------------
     def run(self, contacts: pl.DataFrame) -> SyncReport:
@@ -175,6 +180,7 @@ class DestinationSync:
         else:
             report.list_count_after = before
         report.rejected = pl.concat(report_parts).unique("email", keep="last", maintain_order=True)
+        report.state_generation = self.store.generation(self.name, self.list_id)
         report.seconds = time.monotonic() - started
         return report
 
@@ -245,6 +251,14 @@ class DestinationSync:
             return "no record of this list yet"
         if uncertain:
             return f"{uncertain} member(s) with an unconfirmed change"
+        witnessed = self.options.witnessed_generation
+        generation = self.store.generation(self.name, self.list_id)
+        if witnessed is not None and generation < witnessed:
+            self._stale_state = True
+            return (
+                f"the state is older than the last sync (it records {generation} changes, the "
+                f"last sync reported {witnessed}): restored from an older backup?"
+            )
         if list_count < recorded.height:
             return f"the list holds {list_count} contacts but {recorded.height} are recorded"
         every = self.options.reconcile_every
@@ -265,8 +279,13 @@ class DestinationSync:
             self.number_fields,
             fallback=desired,
         )
+        # After a restored backup, members the old record does not know were added since the
+        # backup (by us, as a rule): they are ours, and the removal brake still applies.
         rebuilt = reconciled_members(
-            on_list, recorded, desired["email"], self.destination.owns_list
+            on_list,
+            recorded,
+            desired["email"],
+            self.destination.owns_list or self._stale_state,
         )
         if not self.options.dry_run:
             self.store.replace_members(self.name, self.list_id, rebuilt)

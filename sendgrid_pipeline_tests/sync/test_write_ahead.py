@@ -170,3 +170,17 @@ def test_a_reconcile_does_not_resend_contacts_with_an_identifier(sandbox, state_
     assert report.reconciled == "requested"
     assert sent_contacts(sandbox) == 0
     assert report.plan.unchanged == 12
+
+
+def test_a_state_restored_from_an_older_backup_is_reconciled(sandbox, state_path) -> None:
+    sync(sandbox, state_path, people(*NAMES[:20]))
+    backup = state_path.read_bytes()
+    sync(sandbox, state_path, people(*NAMES[:25]))  # five join after the backup
+    witnessed = SyncStateStore(state_path).generation(DESTINATION.name, LIST_ID)
+    for leftover in state_path.parent.glob(state_path.name + "-*"):
+        leftover.unlink()  # the WAL of the newer state goes with it
+    state_path.write_bytes(backup)  # the disk is restored from last night's backup
+    target = people(*NAMES[:20])  # and the five leave again
+    report = sync(sandbox, state_path, target, witnessed_generation=witnessed)
+    assert "older than the last sync" in report.reconciled
+    assert on_list(sandbox) == emails(target)
