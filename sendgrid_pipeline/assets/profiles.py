@@ -30,7 +30,8 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         source = str(profile_source.path)
         if "customer_id" not in frame.columns:
             raise ProfileDataError(f"{source}: the profiles have no customer_id column")
-        config.validate_against_profiles(frame.schema, source)
+        for warning in config.validate_against_profiles(frame.schema, source):
+            context.log.warning(warning)  # e.g. an exclusion rule that can be null
         check_customer_ids(located, source)
         context.log.info("read %d profiles from %s", frame.height, source)
         files = [f.name for f, _ in located.files]
