@@ -19,17 +19,16 @@ $(INSTALLED): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@mkdir -p $(DAGSTER_HOME)
-	@printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m sendgrid_pipeline.dev --init-home
 	touch $@
 
-demo: $(INSTALLED)  ## the whole export against the bundled local SendGrid sandbox
-	$(BIN)/python -m sendgrid_pipeline.demo
+demo: $(INSTALLED)  ## the whole export against the bundled local SendGrid sandbox (VERBOSE=1: Dagster's logs)
+	$(BIN)/python -m sendgrid_pipeline.demo $(if $(filter 1 yes true,$(VERBOSE)),--verbose)
 
 test: $(INSTALLED)  ## every test (starts its own sandbox on a free loopback port)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-dev: $(INSTALLED)  ## the sandbox plus the Dagster UI, with run history in .dagster_home
+dev: $(INSTALLED)  ## the sandbox plus the Dagster UI, with run history in .dagster_home (the demo's runs are not there)
 	$(BIN)/python -m sendgrid_pipeline.dev --sandbox-port $(SANDBOX_PORT) --ui-port $(UI_PORT)
 
 bench: $(INSTALLED)  ## benchmark one destination at PROFILES profiles

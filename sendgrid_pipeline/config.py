@@ -11,15 +11,17 @@ profile columns only, checked before they are parsed, so they can never read a f
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import itertools
 import json
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import polars as pl
 import yaml
@@ -524,6 +526,21 @@ class Segment(_Strict):
         return parse_expression(self.rule) if self.rule is not None else pl.lit(False)
 
 
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One configuration error. Its message names the file, the line where known, the segment
+    or destination, and the key; `destination` / `segment` say what it disables (neither: the
+    whole configuration)."""
+
+    message: str
+    destination: str | None = None
+    segment: str | None = None
+
+    @property
+    def fatal(self) -> bool:
+        return self.destination is None and self.segment is None
+
+
 class PipelineConfig(BaseModel):
     """The whole configuration of one data directory."""
 
@@ -532,6 +549,25 @@ class PipelineConfig(BaseModel):
     data_dir: Path
     segments: tuple[Segment, ...]
     destinations: tuple[Destination, ...]
+    # Loaded with skip_invalid_destinations: the errors of the destinations (and segments) left
+    # out, for the definitions to show.
+    problems: tuple[ConfigProblem, ...] = ()
+    # (file name, segment id or destination name, *keys) -> 1-based line, for error messages.
+    lines: Mapping[tuple[str, ...], int] = Field(default_factory=dict, repr=False)
+
+    @property
+    def skipped_destinations(self) -> list[str]:
+        """Destinations left out because their configuration is invalid (named ones)."""
+        return list(dict.fromkeys(p.destination for p in self.problems if p.destination))
+
+    def where(self, file: str, item: str, *keys: str) -> str:
+        """`<path>:<line>` of an item's key (or of the item, or just the path)."""
+        path = self.data_dir / file
+        for depth in range(len(keys), -1, -1):
+            line = self.lines.get((file, item, *keys[:depth]))
+            if line is not None:
+                return f"{path}:{line}"
+        return str(path)
 
     @property
     def profiles_dir(self) -> Path:
@@ -583,45 +619,109 @@ class PipelineConfig(BaseModel):
     ) -> list[str]:
         """Check every segment rule and every mapped column against the profile columns.
 
-        Returns the warnings (also issued with `warnings.warn`) for callers to log: an
-        exclusion segment whose rule can evaluate to null (NullableExclusionWarning).
+        Raises ConfigError with one line per error. Returns the warnings (also issued with
+        `warnings.warn`) for callers to log: an exclusion segment whose rule can evaluate to
+        null (NullableExclusionWarning).
         """
+        problems = self.profile_problems(schema, source)
+        if problems:
+            raise ConfigError("\n".join(p.message for p in problems))
+        messages = self._nullable_exclusions(schema)
+        for message in messages:
+            warnings.warn(message, NullableExclusionWarning, stacklevel=2)
+        return messages
+
+    def profile_problems(
+        self, schema: Mapping[str, pl.DataType], source: str
+    ) -> list[ConfigProblem]:
+        """Segment rules and mapped values that do not evaluate over the profile columns."""
         columns = set(schema)
+        listed = f"Profile columns: {', '.join(sorted(columns))}"
         empty = pl.LazyFrame(schema=dict(schema))
+        problems = []
         for segment in self.segments:
             if segment.rule is None:
                 continue
             try:
                 empty.filter(segment.expression).collect()
             except pl.exceptions.PolarsError as error:
-                raise ConfigError(
-                    f"{self.data_dir / 'segments.yaml'}: segment {segment.id!r} rule "
-                    f"{_clip(segment.rule)!r} does not evaluate over the profiles in {source}: "
-                    f"{_first_line(error)}. Profile columns: {', '.join(sorted(columns))}"
-                ) from None
+                problems.append(
+                    ConfigProblem(
+                        f"{self.where('segments.yaml', segment.id, 'rule')}: segment "
+                        f"{segment.id!r} rule {_clip(segment.rule)!r} does not evaluate over the "
+                        f"profiles in {source}: {_polars_reason(error, columns)}. {listed}",
+                        segment=segment.id,
+                    )
+                )
         for destination in self.destinations:
             for field, value in destination.field_mapping.sources().items():
+                keys = ("field_mapping", *field.split("."))
                 where = (
-                    f"{self.data_dir / 'destinations.yaml'}: destination {destination.name!r} "
-                    f"maps field_mapping.{field}"
+                    f"{self.where('destinations.yaml', destination.name, *keys)}: destination "
+                    f"{destination.name!r} maps field_mapping.{field}"
                 )
                 if COLUMN_NAME.match(value) and value not in columns:
-                    raise ConfigError(
+                    message = (
                         f"{where} to column {value!r}, which the profiles in {source} do not "
-                        f"have. Profile columns: {', '.join(sorted(columns))}"
+                        f"have{_did_you_mean(value, columns)}. {listed}"
                     )
-                try:
-                    empty.select(value_expression(value)).collect()
-                except pl.exceptions.PolarsError as error:
-                    raise ConfigError(
-                        f"{where} to the expression {_clip(value)!r}, which does not evaluate "
-                        f"over the profiles in {source}: {_first_line(error)}. "
-                        f"Profile columns: {', '.join(sorted(columns))}"
-                    ) from None
-        messages = self._nullable_exclusions(schema)
-        for message in messages:
-            warnings.warn(message, NullableExclusionWarning, stacklevel=2)
-        return messages
+                else:
+                    try:
+                        empty.select(value_expression(value)).collect()
+                        continue
+                    except pl.exceptions.PolarsError as error:
+                        message = (
+                            f"{where} to the expression {_clip(value)!r}, which does not "
+                            f"evaluate over the profiles in {source}: "
+                            f"{_polars_reason(error, columns)}. {listed}"
+                        )
+                problems.append(ConfigProblem(message, destination=destination.name))
+        return problems
+
+    def without(self, problems: list[ConfigProblem], skip: bool) -> PipelineConfig:
+        """This configuration less what `problems` disable, or ConfigError.
+
+        Raises with every message unless `skip`, or if a problem concerns the whole
+        configuration, or if no destination is left. A destination that uses (or excludes) an
+        invalid segment is disabled too: syncing it without that segment would send the wrong
+        contacts.
+        """
+        if not problems:
+            return self
+        if not skip or any(p.fatal for p in problems):
+            raise ConfigError("\n".join(p.message for p in problems))
+        bad_segments = {p.segment for p in problems if p.segment}
+        bad_destinations = {p.destination for p in problems if p.destination}
+        derived = []
+        for destination in self.destinations:
+            used = [
+                s
+                for s in (*destination.segments, *destination.exclude_segments)
+                if s in bad_segments
+            ]
+            if used and destination.name not in bad_destinations:
+                derived.append(
+                    ConfigProblem(
+                        f"{self.where('destinations.yaml', destination.name, 'segments')}: "
+                        f"destination {destination.name!r} uses segment "
+                        f"{', '.join(map(repr, used))}, which is invalid (see segments.yaml)",
+                        destination=destination.name,
+                    )
+                )
+                bad_destinations.add(destination.name)
+        every = [*problems, *derived]
+        kept = tuple(d for d in self.destinations if d.name not in bad_destinations)
+        if not kept:
+            raise ConfigError(
+                "\n".join(p.message for p in every) + "\nNo destination has a valid configuration."
+            )
+        return self.model_copy(
+            update={
+                "destinations": kept,
+                "segments": tuple(s for s in self.segments if s.id not in bad_segments),
+                "problems": (*self.problems, *every),
+            }
+        )
 
     def _nullable_exclusions(self, schema: Mapping[str, pl.DataType]) -> list[str]:
         excluders: dict[str, list[str]] = {}
@@ -745,6 +845,24 @@ def _first_line(error: Exception) -> str:
     return _clip(text.splitlines()[0], 300) if text else type(error).__name__
 
 
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for a near miss among `choices`, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_MISSING_COLUMN = re.compile(r'unable to find column "([^"]*)"')
+
+
+def _polars_reason(error: Exception, columns: Iterable[str]) -> str:
+    """Polars' reason, without its own copy of the column list (the caller lists them)."""
+    missing = _MISSING_COLUMN.search(str(error))
+    if missing:
+        column = missing.group(1)
+        return f"there is no column {_clip(column, 100)!r}{_did_you_mean(column, columns)}"
+    return _first_line(error)
+
+
 # -- Reading the files: bounded in size, nesting and alias expansion --------------------------
 
 
@@ -809,7 +927,81 @@ def _check_expansion(root: yaml.Node) -> None:
         stack.extend((c, False) for c in children if id(c) not in size)
 
 
-def _read_yaml(path: Path, top_key: str) -> list[Any]:
+class _ConfigFile:
+    """A configuration file's items, and the YAML nodes they were built from (for lines)."""
+
+    def __init__(self, path: Path, items: list[Any], nodes: list[Any]) -> None:
+        self.path = path
+        self.items = items
+        self.nodes = nodes
+
+    def line(self, index: int, keys: tuple[str | int, ...] = ()) -> int | None:
+        """1-based line of item `index`'s deepest key of `keys` that is present."""
+        node = self.nodes[index] if index < len(self.nodes) else None
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        for key in keys:
+            found = _child(node, key)
+            if found is None:
+                break
+            key_node, node = found
+            line = key_node.start_mark.line + 1
+        return line
+
+    def where(self, index: int, keys: tuple[str | int, ...] = ()) -> str:
+        line = self.line(index, keys)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+    def key_lines(self, index: int, item: str, depth: int = 4) -> dict[tuple[str, ...], int]:
+        """(file name, item, *keys) -> line, for every key of the item down to `depth`."""
+        node = self.nodes[index] if index < len(self.nodes) else None
+        if node is None:
+            return {}
+        prefix = (self.path.name, item)
+        found = {prefix: node.start_mark.line + 1}
+        stack = [(prefix, node)]
+        while stack:
+            keys, parent = stack.pop()
+            if not isinstance(parent, yaml.MappingNode) or len(keys) - 2 >= depth:
+                continue
+            for key_node, value_node in parent.value:
+                if isinstance(key_node, yaml.ScalarNode) and len(key_node.value) <= 200:
+                    path = (*keys, key_node.value)
+                    found.setdefault(path, key_node.start_mark.line + 1)
+                    stack.append((path, value_node))
+        return found
+
+
+def _child(node: Any, key: str | int) -> tuple[Any, Any] | None:
+    """(key node, value node) of `key` in a mapping node, or of index `key` in a sequence."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(key):
+                return key_node, value_node
+    elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+        return node.value[key], node.value[key]
+    return None
+
+
+def _malformed(path: Path, error: yaml.YAMLError) -> str:
+    """`<path>:<line>:<column>: malformed YAML: <problem>`, without PyYAML's own copy."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return f"{path}: malformed YAML: {_clip(str(error), 300)}"
+    mark = error.problem_mark
+    context = ""
+    if error.context:
+        start = error.context_mark
+        at = f" at line {start.line + 1}" if start is not None and start.line != mark.line else ""
+        context = f" ({_clip(error.context, 100)}{at})"
+    problem = _clip(error.problem or "syntax error", 200)
+    hint = ""
+    if "block" in problem or "mapping values are not allowed" in problem:
+        hint = ". Check the indentation of this line and the lines above it"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: malformed YAML: {problem}{context}{hint}"
+
+
+def _read_yaml(path: Path, top_key: str) -> _ConfigFile:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found (expected a YAML file with a '{top_key}' list)")
     with path.open("rb") as stream:
@@ -825,49 +1017,190 @@ def _read_yaml(path: Path, top_key: str) -> list[Any]:
         raise ConfigError(f"{path}: not UTF-8 text (byte {error.start + 1})") from None
     loader = _BoundedSafeLoader(text)
     try:
-        document = loader.get_single_data()
+        root = loader.get_single_node()
+        document = loader.construct_document(root) if root is not None else None
     except _YamlLimitError as error:
         raise ConfigError(f"{path}: refused: {error}") from None
     except RecursionError:
         raise ConfigError(f"{path}: refused: nested too deeply") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: malformed YAML: {_clip(str(error), 600)}") from None
+        raise ConfigError(_malformed(path, error)) from None
     finally:
         loader.dispose()
-    if not isinstance(document, dict) or not isinstance(document.get(top_key), list):
-        raise ConfigError(f"{path}: expected a top-level '{top_key}:' list")
-    return document[top_key]
+    expected = f"expected a top-level '{top_key}:' list"
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: {expected}")
+    if top_key not in document:
+        keys = [str(k) for k in document][:50]
+        close = difflib.get_close_matches(top_key, keys, n=1, cutoff=0.6)
+        found = (
+            f" (found '{_clip(close[0], 40)}:'; did you mean '{top_key}:'?)"
+            if close
+            else f" (found {', '.join(repr(_clip(k, 40)) for k in keys[:5])})"
+            if keys
+            else ""
+        )
+        raise ConfigError(f"{path}: {expected}{found}")
+    located = _child(root, top_key)
+    if not isinstance(document[top_key], list):
+        line = f":{located[0].start_mark.line + 1}" if located else ""
+        raise ConfigError(f"{path}{line}: {expected}, not {type(document[top_key]).__name__}")
+    items = located[1] if located else None
+    nodes = list(items.value) if isinstance(items, yaml.SequenceNode) else []
+    return _ConfigFile(path, document[top_key], nodes)
 
 
-def _parse_items(path: Path, items: list[Any], model: type[_Strict], label: str) -> list[Any]:
-    parsed = []
-    for index, item in enumerate(items):
+def _fields_at(model: type[BaseModel], keys: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at `keys` inside `model` (nested models, dict values), else []."""
+    current: Any = model
+    for key in keys:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(key))
+            if field is None:
+                return []
+            current = field.annotation
+        elif get_origin(current) is dict and len(get_args(current)) == 2:
+            current = get_args(current)[1]  # a name chosen by the user, then its value
+        else:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _keys_text(keys: tuple[Any, ...]) -> str:
+    text = ""
+    for key in keys:
+        if isinstance(key, int):
+            text += f"[{key}]"
+        else:
+            text += f"{'.' if text else ''}{_clip(str(key), 100)}"
+    return text
+
+
+def _describe(model: type[BaseModel], error: Mapping[str, Any]) -> str:
+    """One pydantic error, said plainly: the key, what is wrong, and a near miss if any."""
+    keys = tuple(error["loc"])
+    shown = _keys_text(keys)
+    if error["type"] == "extra_forbidden" and keys:
+        allowed = _fields_at(model, keys[:-1])
+        hint = _did_you_mean(str(keys[-1]), allowed) or (
+            f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        )
+        return f"unknown key {shown!r}{hint}"
+    if error["type"] == "missing":
+        return f"required key {shown!r} is missing"
+    message = re.sub(r"^(Value error|Assertion failed), ", "", str(error["msg"]))
+    return f"{shown}: {message}" if shown else message
+
+
+def _parse_items(
+    file: _ConfigFile, model: type[_Strict], label: str
+) -> tuple[list[tuple[int, Any]], list[ConfigProblem]]:
+    """(index, parsed item) for each valid item, and one problem per error of the others."""
+    parsed: list[tuple[int, Any]] = []
+    problems: list[ConfigProblem] = []
+    for index, item in enumerate(file.items):
         name = (
             item.get("name" if model is Destination else "id") if isinstance(item, dict) else None
         )
         named = isinstance(name, str) and 0 < len(name) <= MAX_ID_CHARS
         where = f"{label} {name!r}" if named else f"{label} #{index + 1}"
+        owner = {label: name if named else f"#{index + 1}"}
         try:
-            parsed.append(model.model_validate(item))
+            parsed.append((index, model.model_validate(item)))
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(_clip(str(p), 100) for p in e['loc']) or '(item)'}: {e['msg']}"
+            problems.extend(
+                ConfigProblem(
+                    f"{file.where(index, tuple(e['loc']))}: {where}: {_describe(model, e)}",
+                    **owner,
+                )
                 for e in error.errors()
             )
-            raise ConfigError(f"{path}: {where}: {problems}") from None
-    return parsed
+    return parsed, problems
 
 
-def _reject_duplicates(path: Path, label: str, keys: list[str]) -> None:
+def _duplicates(
+    file: _ConfigFile, label: str, keyed: list[tuple[int, str]], key: str
+) -> list[ConfigProblem]:
+    """A problem for each item whose `key` an earlier item already has."""
     seen: set[str] = set()
-    for key in keys:
-        if key in seen:
-            raise ConfigError(f"{path}: {label} {key!r} is defined more than once")
-        seen.add(key)
+    problems = []
+    for index, value in keyed:
+        if value in seen:
+            problems.append(
+                ConfigProblem(
+                    f"{file.where(index, (key,))}: {label} {_clip(value)!r} is defined more "
+                    "than once"
+                )
+            )
+        seen.add(value)
+    return problems
 
 
-def _check_membership_file(root: Path, segments_path: Path, segment: Segment) -> None:
-    where = f"{segments_path}: segment {segment.id!r} membership_file"
+def _segment_problem(file: _ConfigFile, index: int, segment: Segment, root: Path) -> str | None:
+    """What is wrong with a parsed segment's rule or membership file, if anything."""
+    where = f"{file.where(index, ('rule',))}: segment {segment.id!r}"
+    if segment.rule is not None:
+        try:
+            segment.expression  # noqa: B018 - parse now so a bad rule fails at load time
+        except UnsafeExpressionError as error:
+            return f"{where} rule is refused: {error}"
+        except pl.exceptions.PolarsError as error:
+            return f"{where} has an invalid rule {_clip(segment.rule)!r}: {_first_line(error)}"
+    if segment.membership_file is not None:
+        try:
+            _check_membership_file(root, file.where(index, ("membership_file",)), segment)
+        except ConfigError as error:
+            return str(error)
+    return None
+
+
+def _destination_problems(
+    file: _ConfigFile,
+    index: int,
+    destination: Destination,
+    known: set[str],
+    invalid_segments: set[str],
+    segments_file: str,
+) -> list[str]:
+    """What is wrong with a parsed destination on its own (not its segments' own errors)."""
+    label = f"destination {destination.name!r}"
+    problems = []
+    for key in ("segments", "exclude_segments"):
+        for position, segment_id in enumerate(getattr(destination, key)):
+            if segment_id in known or segment_id in invalid_segments:
+                continue
+            problems.append(
+                f"{file.where(index, (key, position))}: {label} {key} names segment "
+                f"{_clip(segment_id)!r}, which {segments_file} does not define"
+                f"{_did_you_mean(segment_id, known)}. Defined segments: "
+                f"{', '.join(sorted(known))}"
+            )
+    both = set(destination.segments) & set(destination.exclude_segments)
+    if both:
+        problems.append(
+            f"{file.where(index, ('exclude_segments',))}: {label} both includes and excludes "
+            f"segment(s) {', '.join(sorted(both))}"
+        )
+    for field, value in destination.field_mapping.sources().items():
+        if COLUMN_NAME.match(value):
+            continue
+        where = f"{file.where(index, ('field_mapping', *field.split('.')))}: {label} maps "
+        try:
+            value_expression(value)
+        except UnsafeExpressionError as error:
+            problems.append(f"{where}field_mapping.{field}: refused: {error}")
+        except pl.exceptions.PolarsError as error:
+            problems.append(
+                f"{where}field_mapping.{field} to an invalid SQL expression "
+                f"{_clip(value)!r}: {_first_line(error)}"
+            )
+    return problems
+
+
+def _check_membership_file(root: Path, located: str, segment: Segment) -> None:
+    where = f"{located}: segment {segment.id!r} membership_file"
     try:
         resolved = (root / str(segment.membership_file)).resolve(strict=True)
     except (OSError, RuntimeError):
@@ -903,7 +1236,11 @@ def _account_fields(destination: Destination) -> dict[str, tuple[str, str, str |
     return fields
 
 
-def _check_shared_contact_fields(path: Path, destinations: list[Destination]) -> None:
+def _check_shared_contact_fields(
+    path: Path,
+    destinations: list[Destination],
+    locate: Callable[[str, str], str] | None = None,
+) -> None:
     """Destinations of one SendGrid account must agree on every field they both send.
 
     SendGrid keeps one contact per email for the whole account, shared by all of its lists,
@@ -913,7 +1250,9 @@ def _check_shared_contact_fields(path: Path, destinations: list[Destination]) ->
     every destination of the account, identically: SendGrid requires all of a contact's
     identifiers on each update (see "Add or Update a Contact",
     https://www.twilio.com/docs/sendgrid/api-reference/contacts/add-or-update-a-contact).
+    `locate(destination, dotted key)` gives the `<path>:<line>` an error starts with.
     """
+    where = locate or (lambda _name, _key: str(path))
     accounts: dict[str, list[Destination]] = {}
     for destination in destinations:
         accounts.setdefault(destination.api_key_env, []).append(destination)
@@ -938,7 +1277,7 @@ def _check_shared_contact_fields(path: Path, destinations: list[Destination]) ->
                     continue
                 typed = f" ({other_type} vs {kind})" if kind != other_type else ""
                 raise ConfigError(
-                    f"{path}: {account} map one field differently{typed}: "
+                    f"{where(destination.name, key)}: {account} map one field differently{typed}: "
                     f"{other.name!r} maps {other_key} to {_clip(other_source)!r}"
                     f"{f' as {other_type}' if other_type else ''}, but "
                     f"{destination.name!r} maps {key} to {_clip(source)!r}"
@@ -950,73 +1289,78 @@ def _check_shared_contact_fields(path: Path, destinations: list[Destination]) ->
             missing = [d.name for d in group if not getattr(d.field_mapping, identifier)]
             if mapping and missing:
                 raise ConfigError(
-                    f"{path}: {account}: {', '.join(map(repr, mapping))} map the identifier "
+                    f"{where(missing[0], 'field_mapping')}: {account}: "
+                    f"{', '.join(map(repr, mapping))} map the identifier "
                     f"field_mapping.{identifier} but {', '.join(map(repr, missing))} do not. "
                     "SendGrid requires every identifier a contact has on each update: map "
                     f"{identifier} identically in every destination of the account"
                 )
 
 
-def load_config(directory: Path | str | None = None) -> PipelineConfig:
-    """Load and cross-check segments.yaml and destinations.yaml of a data directory."""
+def load_config(
+    directory: Path | str | None = None, *, skip_invalid_destinations: bool = False
+) -> PipelineConfig:
+    """Load and cross-check segments.yaml and destinations.yaml of a data directory.
+
+    Every error is collected, one line each naming the file, line, segment or destination and
+    key, and raised as one ConfigError. With `skip_invalid_destinations`, a destination whose
+    own entry is invalid, or that uses an invalid segment, is left out instead (its errors are
+    kept in `problems`); an error that concerns every destination (a file that cannot be read,
+    a duplicate name or list id, destinations of one account mapping a field differently) or
+    that leaves no destination still raises.
+    """
     root = Path(directory).resolve() if directory is not None else data_dir()
-    segments_path = root / "segments.yaml"
-    destinations_path = root / "destinations.yaml"
+    segments_file = _read_yaml(root / "segments.yaml", "segments")
+    parsed_segments, problems = _parse_items(segments_file, Segment, "segment")
+    problems += _duplicates(segments_file, "segment", [(i, s.id) for i, s in parsed_segments], "id")
+    segments: list[tuple[int, Segment]] = []
+    for index, segment in parsed_segments:
+        problem = _segment_problem(segments_file, index, segment, root)
+        if problem is None:
+            segments.append((index, segment))
+        else:
+            problems.append(ConfigProblem(problem, segment=segment.id))
+    invalid_segments = {p.segment for p in problems if p.segment}
 
-    segments = _parse_items(
-        segments_path, _read_yaml(segments_path, "segments"), Segment, "segment"
+    try:
+        destinations_file = _read_yaml(root / "destinations.yaml", "destinations")
+    except ConfigError as error:  # nothing more can be checked: report what was found so far
+        raise ConfigError("\n".join([*(p.message for p in problems), str(error)])) from None
+    parsed_destinations, found = _parse_items(destinations_file, Destination, "destination")
+    problems += found
+    problems += _duplicates(
+        destinations_file, "destination", [(i, d.name) for i, d in parsed_destinations], "name"
     )
-    _reject_duplicates(segments_path, "segment", [s.id for s in segments])
-    for segment in segments:
-        if segment.rule is None:
-            continue
-        try:
-            segment.expression  # noqa: B018 - parse now so a bad rule fails at load time
-        except UnsafeExpressionError as error:
-            raise ConfigError(
-                f"{segments_path}: segment {segment.id!r} rule is refused: {error}"
-            ) from None
-        except pl.exceptions.PolarsError as error:
-            raise ConfigError(
-                f"{segments_path}: segment {segment.id!r} has an invalid rule "
-                f"{_clip(segment.rule)!r}: {_first_line(error)}"
-            ) from None
+    problems += _duplicates(
+        destinations_file, "list_id", [(i, d.list_id) for i, d in parsed_destinations], "list_id"
+    )
+    known = {s.id for _, s in segments}
+    destinations: list[tuple[int, Destination]] = []
+    for index, destination in parsed_destinations:
+        own = _destination_problems(
+            destinations_file, index, destination, known, invalid_segments, segments_file.path.name
+        )
+        problems += [ConfigProblem(m, destination=destination.name) for m in own]
+        if not own:
+            destinations.append((index, destination))
 
-    destinations = _parse_items(
-        destinations_path, _read_yaml(destinations_path, "destinations"), Destination, "destination"
+    lines: dict[tuple[str, ...], int] = {}
+    for index, segment in reversed(segments):  # the first of duplicates wins
+        lines.update(segments_file.key_lines(index, segment.id))
+    for index, destination in reversed(destinations):
+        lines.update(destinations_file.key_lines(index, destination.name))
+    config = PipelineConfig(
+        data_dir=root,
+        segments=tuple(s for _, s in segments),
+        destinations=tuple(d for _, d in destinations),
+        lines=lines,
     )
-    _reject_duplicates(destinations_path, "destination", [d.name for d in destinations])
-    _reject_duplicates(destinations_path, "list_id", [d.list_id for d in destinations])
-    known = {s.id for s in segments}
-    for destination in destinations:
-        for key in ("segments", "exclude_segments"):
-            for segment_id in getattr(destination, key):
-                if segment_id not in known:
-                    raise ConfigError(
-                        f"{destinations_path}: destination {destination.name!r} {key} names "
-                        f"segment {_clip(segment_id)!r}, which {segments_path.name} does not "
-                        f"define. Defined segments: {', '.join(sorted(known))}"
-                    )
-        both = set(destination.segments) & set(destination.exclude_segments)
-        if both:
-            raise ConfigError(
-                f"{destinations_path}: destination {destination.name!r} both includes and "
-                f"excludes segment(s) {', '.join(sorted(both))}"
-            )
-        for field, value in destination.field_mapping.sources().items():
-            if not COLUMN_NAME.match(value):
-                where = f"{destinations_path}: destination {destination.name!r} maps "
-                try:
-                    value_expression(value)
-                except UnsafeExpressionError as error:
-                    raise ConfigError(f"{where}field_mapping.{field}: refused: {error}") from None
-                except pl.exceptions.PolarsError as error:
-                    raise ConfigError(
-                        f"{where}field_mapping.{field} to an invalid SQL expression "
-                        f"{_clip(value)!r}: {_first_line(error)}"
-                    ) from None
-    _check_shared_contact_fields(destinations_path, destinations)
-    for segment in segments:
-        if segment.membership_file is not None:
-            _check_membership_file(root, segments_path, segment)
-    return PipelineConfig(data_dir=root, segments=tuple(segments), destinations=tuple(destinations))
+    try:
+        _check_shared_contact_fields(
+            destinations_file.path,
+            list(config.destinations),
+            lambda name, key: config.where("destinations.yaml", name, *key.split(".")),
+        )
+    except ConfigError as error:
+        problems.append(ConfigProblem(str(error)))
+    return config.without(problems, skip=skip_invalid_destinations)

@@ -1,24 +1,50 @@
 """`make demo`: the whole export against the bundled SendGrid sandbox, then what happened.
 
-Starts the sandbox on a free loopback port, runs the export job once over every destination
-(one Dagster run), runs it again to show that an unchanged refresh sends nothing, and prints
-per-destination figures read from the run's own events and from the sandbox.
+Loads the configuration (a broken one: its errors, one line each, and exit status 2), starts
+the sandbox on a free loopback port, runs the export job once over every destination (one
+Dagster run), runs it again to show that an unchanged refresh sends nothing, and prints
+per-destination figures read from the run's own events and from the sandbox. Each stage prints
+one line; --verbose (make demo VERBOSE=1) prints Dagster's full logs instead.
+
+The runs go to a temporary Dagster instance, deleted at the end with the step outputs and sync
+state they describe: the DAGSTER_HOME that `make dev` uses never sees them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+import time
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import dagster as dg
 
-from sendgrid_pipeline.config import data_dir
+from sendgrid_pipeline.config import DATA_DIR_ENV, PipelineConfig, data_dir
+from sendgrid_pipeline.dev import write_instance_config
+from sendgrid_pipeline.errors import ConfigError, ProfileDataError
+from sendgrid_pipeline.pipeline import EXPORT_JOB, build_definitions, load_validated_config
 from sendgrid_pipeline.sandbox import SandboxServer
+
+CONFIG_ERROR_EXIT = 2
+STAGES = {
+    "unified_profiles": "read the profiles",
+    "segment_membership": "evaluated the segments",
+    "sendgrid_contacts": "built each destination's contacts",
+    "sendgrid_list_sync": "synced each list with SendGrid",
+}
+TABLE_NOTE = (
+    "Note: 'created' and 'updated' count contacts in the SendGrid account, not on the list.\n"
+    "SendGrid keeps one contact per email for the whole account, so a contact that another\n"
+    "list already holds is 'updated' when it is added to this one. 'list size after' counts\n"
+    "the list itself."
+)
 
 COLUMNS = [
     ("destination", "destination"),
@@ -70,39 +96,81 @@ def _table(rows: list[Mapping[str, Any]]) -> str:
     return "\n".join([line, "-" * len(line), *body])
 
 
-def _instance() -> dg.DagsterInstance:
-    """The persistent instance when DAGSTER_HOME is set (so `make dev` shows the demo's runs)."""
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        return dg.DagsterInstance.ephemeral()
-    Path(home).mkdir(parents=True, exist_ok=True)
-    config = Path(home) / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.get()
+class _StageLines(logging.Handler):
+    """One line per finished step (and per warning or failed check), instead of Dagster's logs."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__(logging.DEBUG)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        meta = getattr(record, "dagster_meta", None) or {}
+        event = meta.get("dagster_event")
+        if event is None:
+            if record.levelno >= logging.WARNING:
+                message = str(meta.get("orig_message") or record.getMessage())
+                self._line(f"      warning: {message.strip().splitlines()[0]}")
+            return
+        kind, step = event.event_type_value, event.step_key or ""
+        data = event.event_specific_data
+        if kind == "STEP_SUCCESS":
+            seconds = getattr(data, "duration_ms", 0) / 1000
+            self._line(f"  ok  {step:<20} {STAGES.get(step, '')} ({seconds:.1f}s)")
+        elif kind == "STEP_FAILURE":
+            self._line(f"  FAILED  {step}  (the error is below)")
+        elif kind == "STEP_UP_FOR_RETRY":
+            self._line(f"  ..  {step:<20} retrying after a transient error")
+        elif kind == "ASSET_CHECK_EVALUATION" and not getattr(data, "passed", True):
+            text = getattr(data, "description", "") or ""
+            self._line(f"      check {data.check_name} failed: {text.strip()[:200]}")
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
 
 
-def run_export(label: str, job: dg.JobDefinition, keys: list[str], sandbox: SandboxServer) -> bool:
-    instance = _instance()
+@dg.logger(description="One line per stage, for the demo.")
+def stage_logger(_init_context: dg.InitLoggerContext) -> logging.Logger:
+    logger = logging.getLogger("sendgrid_pipeline.demo.stages")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    logger.handlers = [_StageLines(sys.stdout)]
+    return logger
+
+
+def run_export(
+    label: str,
+    job: dg.JobDefinition,
+    keys: list[str],
+    sandbox: SandboxServer,
+    instance: dg.DagsterInstance,
+    verbose: bool,
+    note: str = "",
+) -> bool:
     sandbox.reset_request_log()
-    result = job.execute_in_process(
+    print(f"\n{label}", flush=True)
+    started = time.monotonic()
+    loggers = {"console": {"config": {"log_level": "INFO"}}} if verbose else {"stages": {}}
+    result = job.with_logger_defs({**job.loggers, "stages": stage_logger}).execute_in_process(
         instance=instance,
         tags={
             "dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[-1],
             "sendgrid/trigger": "demo",
         },
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config={"loggers": loggers},
         raise_on_error=False,
     )
     contacts = _metadata_by_partition(result, "sendgrid_contacts")
     syncs = _metadata_by_partition(result, "sendgrid_list_sync")
     rows = [{"destination": k, **contacts.get(k, {}), **syncs.get(k, {})} for k in keys]
     upserts = [r for r in sandbox.requests if r.method == "PUT"]
-    print(f"\n== {label}: run {result.run_id} {'succeeded' if result.success else 'FAILED'} ==")
+    outcome = "succeeded" if result.success else "FAILED"
+    print(f"\nThe run {outcome} in {time.monotonic() - started:.1f}s.")
     print(_table(rows))
+    if note:
+        print(note)
     print(
-        f"SendGrid sandbox saw {len(sandbox.requests)} requests, {len(upserts)} upserts "
+        f"The SendGrid sandbox saw {len(sandbox.requests)} requests, {len(upserts)} upserts "
         f"carrying {sum(r.contacts for r in upserts)} contacts."
     )
     if not result.success:
@@ -112,37 +180,88 @@ def run_export(label: str, job: dg.JobDefinition, keys: list[str], sandbox: Sand
     return result.success
 
 
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the demo's duration, then put back what was there."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def load(root: Path) -> PipelineConfig | None:
+    """The validated configuration; None (errors printed, one line each) if it is broken."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            config = load_validated_config(root)
+        except (ConfigError, ProfileDataError) as error:
+            what = "configuration" if isinstance(error, ConfigError) else "profile data"
+            print(f"The {what} in {root} has errors; nothing was run:", file=sys.stderr)
+            print(str(error), file=sys.stderr)
+            return None
+    for warning in caught:
+        print(f"warning: {warning.message}")
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="data directory (default: data/)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="print Dagster's full logs for each run"
+    )
     args = parser.parse_args(argv)
-    if args.data_dir:
-        os.environ["SENDGRID_PIPELINE_DATA_DIR"] = str(Path(args.data_dir).resolve())
-    root = data_dir()
-    lists = SandboxServer.lists_from_destinations_file(root / "destinations.yaml")
-    work = Path(tempfile.mkdtemp(prefix="sendgrid-demo-"))
-    with SandboxServer(lists=lists, job_delay_seconds=0.1) as sandbox:
-        # A fresh sandbox holds nothing, so the demo keeps its sync state beside it.
-        os.environ.update(
-            SENDGRID_BASE_URL=sandbox.base_url,
-            SENDGRID_API_KEY=sandbox.api_key,
-            SENDGRID_POLL_INTERVAL_SECONDS="0.05",
-            SENDGRID_PIPELINE_STATE_DIR=str(work / "state"),
-            SENDGRID_PIPELINE_STORAGE_DIR=str(work / "storage"),
-        )
-        print(f"SendGrid sandbox at {sandbox.base_url}; data directory {root}")
-        from sendgrid_pipeline.pipeline import EXPORT_JOB, build_definitions, load_validated_config
-
-        config = load_validated_config(root)
-        job = build_definitions(config).resolve_job_def(EXPORT_JOB)
-        keys = config.destination_names
-        ok = run_export("Export every destination", job, keys, sandbox)
-        ok = run_export("Refresh again, nothing changed", job, keys, sandbox) and ok
+    root = Path(args.data_dir).resolve() if args.data_dir else data_dir()
+    print(f"Data directory: {root}")
+    config = load(root)
+    if config is None:
+        return CONFIG_ERROR_EXIT
+    keys = config.destination_names
+    print(f"Configuration: {len(keys)} destinations ({', '.join(keys)}), valid.")
+    lists = {d.list_id: d.display_name for d in config.destinations}
+    with (
+        tempfile.TemporaryDirectory(prefix="sendgrid-demo-") as work,
+        SandboxServer(lists=lists, job_delay_seconds=0.1) as sandbox,
+    ):
+        home = Path(work) / "dagster_home"
+        write_instance_config(home)
+        # A fresh sandbox holds nothing, so the demo keeps its sync state and step outputs
+        # beside it, and its runs in an instance of its own: all of them go when it ends.
+        with (
+            _environment(
+                DAGSTER_HOME=str(home),
+                DAGSTER_DISABLE_TELEMETRY="1",
+                **{DATA_DIR_ENV: str(root)},
+                SENDGRID_BASE_URL=sandbox.base_url,
+                SENDGRID_API_KEY=sandbox.api_key,
+                SENDGRID_POLL_INTERVAL_SECONDS="0.05",
+                SENDGRID_PIPELINE_STATE_DIR=str(Path(work) / "state"),
+                SENDGRID_PIPELINE_STORAGE_DIR=str(Path(work) / "storage"),
+            ),
+            dg.DagsterInstance.from_config(str(home)) as instance,
+        ):
+            print(f"SendGrid sandbox started at {sandbox.base_url} with {len(lists)} lists.")
+            job = build_definitions(config).resolve_job_def(EXPORT_JOB)
+            export = (job, keys, sandbox, instance, args.verbose)
+            ok = run_export(
+                "Run 1: export every destination (one Dagster run)", *export, TABLE_NOTE
+            )
+            again = "Run 2: refresh again; nothing changed, so nothing should be sent"
+            ok = run_export(again, *export) and ok
         print("\nLists in the sandbox now:")
         for destination in config.destinations:
             members = sandbox.list_member_emails(destination.list_id)
             print(f"  {destination.display_name} ({destination.list_id}): {len(members)} contacts")
-        print(f"Rejected-row reports: {root / 'reports' / 'rejected'}")
+    print(f"Rejected-row reports: {root / 'reports' / 'rejected'}")
+    if not args.verbose:
+        print("Dagster's full logs: make demo VERBOSE=1 (or --verbose).")
     return 0 if ok else 1
 
 

@@ -1,13 +1,16 @@
 """`make dev`: the SendGrid sandbox and the Dagster UI together, on loopback.
 
 Run history persists in DAGSTER_HOME (.dagster_home in the repository). The sandbox keeps no
-data between starts, so its sync state lives beside it and is cleared on every start.
+data between starts, so its sync state lives beside it and is cleared on every start. Once the
+UI answers, it says whether the code location loaded and which of the schedule and sensors
+are running (they start RUNNING by default; a stop made in the UI or CLI persists).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -19,6 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from sendgrid_pipeline.config import data_dir
 from sendgrid_pipeline.sandbox import SandboxServer
 
@@ -27,6 +32,32 @@ SANDBOX_KEY = "SG.sandbox-local-dev-key"
 HOST = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 180
 STOP_GRACE_SECONDS = 30
+LOCATION_TIMEOUT_SECONDS = 120
+INSTANCE_CONFIG = "telemetry:\n  enabled: false\n"
+AUTOMATION_QUERY = """
+{ workspaceOrError { __typename ... on Workspace { locationEntries {
+    name loadStatus
+    locationOrLoadError { __typename
+      ... on PythonError { message }
+      ... on RepositoryLocation { repositories {
+        schedules { name cronSchedule executionTimezone scheduleState { status } }
+        sensors { name sensorState { status } }
+      } }
+    }
+} } } }
+"""
+
+
+def write_instance_config(home: Path | str) -> Path:
+    """Create a DAGSTER_HOME with a dagster.yaml that turns telemetry off; keep one that exists.
+
+    The one place that writes it (the Makefile, `make dev` and the demo's own instance).
+    """
+    path = Path(home) / "dagster.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():  # keep an instance config someone wrote by hand
+        path.write_text(INSTANCE_CONFIG)
+    return path
 
 
 class _Stop(Exception):
@@ -59,6 +90,67 @@ def _wait_until_ready(url: str, ui: subprocess.Popen) -> bool:
     return False
 
 
+def _graphql(url: str, query: str) -> dict:
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)["data"]
+
+
+def automation_report(url: str, ui: subprocess.Popen, home: Path, data: Path) -> list[str]:
+    """What the UI shows once the code location is loaded: its load error, or which of the
+    schedule and sensors are running, with the command that turns them on or off."""
+    deadline = time.monotonic() + LOCATION_TIMEOUT_SECONDS
+    entries: list[dict] = []
+    while time.monotonic() < deadline and ui.poll() is None:
+        try:
+            workspace = _graphql(url, AUTOMATION_QUERY)["workspaceOrError"]
+            entries = workspace.get("locationEntries") or []
+        except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+            entries = []
+        if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+            break
+        time.sleep(0.5)
+    states: list[str] = []
+    for entry in entries:
+        location = entry.get("locationOrLoadError") or {}
+        if location.get("__typename") == "PythonError":
+            message = location.get("message", "").strip()
+            return [
+                f"The code location {entry['name']} did not load:",
+                *(f"  {line}" for line in message.splitlines()),
+                "Fix what it names, then reload the location (UI: Deployment > Reload).",
+            ]
+        for repository in location.get("repositories") or []:
+            for schedule in repository.get("schedules") or []:
+                when = f"{schedule['cronSchedule']} {schedule.get('executionTimezone') or 'UTC'}"
+                status = schedule["scheduleState"]["status"]
+                states.append(f"  schedule {schedule['name']} ({when}): {status}")
+            for sensor in repository.get("sensors") or []:
+                states.append(f"  sensor {sensor['name']}: {sensor['sensorState']['status']}")
+    if not states:
+        return ["The code location has not loaded yet: see the UI's Deployment page."]
+    return [
+        "Schedule and sensors (they start RUNNING; a stop or start persists in DAGSTER_HOME):",
+        *states,
+        "  turn one off or on in the UI (Overview > Automation), or from a shell:",
+        f"  DAGSTER_HOME={_shown_path(home)} {_shown_path(Path(sys.executable).parent)}/dagster "
+        "{schedule|sensor} {stop|start} <name> -w workspace.yaml",
+        f"Export requests: drop a JSON file into {_shown_path(data / 'requests')}/",
+    ]
+
+
+def _shown_path(path: Path) -> str:
+    """A path relative to the repository when it is inside it (as the README writes them)."""
+    try:
+        return str(path.resolve().relative_to(REPO)) or "."
+    except ValueError:
+        return str(path)
+
+
 def _stop(ui: subprocess.Popen) -> int:
     """SIGINT to dagster dev's process group (its clean shutdown), then SIGKILL if it hangs."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl+C: no effect
@@ -78,7 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sandbox-port", type=int, default=4010)
     parser.add_argument("--ui-port", type=int, default=3000)
+    parser.add_argument(
+        "--init-home",
+        action="store_true",
+        help="only create DAGSTER_HOME and its dagster.yaml (telemetry off), then exit",
+    )
     args = parser.parse_args(argv)
+    home = Path(os.environ.get("DAGSTER_HOME") or REPO / ".dagster_home").resolve()
+    if args.init_home:
+        write_instance_config(home)
+        return 0
 
     busy = [
         f"{name} port {port} is in use (choose another: make dev {var}=...)"
@@ -92,18 +193,19 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(busy), file=sys.stderr)
         return 2
 
-    home = Path(os.environ.get("DAGSTER_HOME") or REPO / ".dagster_home").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    instance_yaml = home / "dagster.yaml"
-    if not instance_yaml.exists():  # keep an instance config someone wrote by hand
-        instance_yaml.write_text("telemetry:\n  enabled: false\n")
+    write_instance_config(home)
     state = home / "sandbox-sync-state"
     shutil.rmtree(state, ignore_errors=True)
 
     # Set explicitly: a shell that starts us in the background leaves SIGINT ignored.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_stop)
-    lists = SandboxServer.lists_from_destinations_file(data_dir() / "destinations.yaml")
+    try:
+        lists = SandboxServer.lists_from_destinations_file(data_dir() / "destinations.yaml")
+    except (OSError, ValueError, yaml.YAMLError) as error:  # the UI shows the config error
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"The sandbox starts with no lists: destinations.yaml is unreadable ({first}).")
+        lists = {}
     sandbox = SandboxServer(
         api_key=SANDBOX_KEY, lists=lists, host=HOST, port=args.sandbox_port, job_delay_seconds=0.5
     )
@@ -135,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             start_new_session=True,
         )
         if _wait_until_ready(ui_url, ui):
+            report = automation_report(ui_url, ui, home, data_dir())
+            print("\n".join(report), flush=True)
             print(f"Ready: open {ui_url}  (sandbox API key: {SANDBOX_KEY})", flush=True)
         elif ui.poll() is None:
             print(f"dagster dev has not answered in {READY_TIMEOUT_SECONDS}s; still waiting.")

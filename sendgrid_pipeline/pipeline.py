@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from sendgrid_pipeline.assets.profiles import build_profiles_asset
 from sendgrid_pipeline.assets.segments import build_segments_asset
 from sendgrid_pipeline.assets.sync import build_sync_asset
 from sendgrid_pipeline.config import PipelineConfig, load_config
-from sendgrid_pipeline.errors import ConfigError, ProfileDataError
+from sendgrid_pipeline.errors import ProfileDataError
 from sendgrid_pipeline.io_manager import PolarsParquetIOManager
 from sendgrid_pipeline.profile_source import FileProfileSource
 from sendgrid_pipeline.schedules import build_refresh_schedule
@@ -24,29 +25,94 @@ from sendgrid_pipeline.state import SyncStateResource
 
 EXPORT_JOB = "sendgrid_export_job"
 STORAGE_DIR_ENV = "SENDGRID_PIPELINE_STORAGE_DIR"
+CONFIG_CHECK = "destinations_configured"  # exists only while a destination is left out
+
+log = logging.getLogger(__name__)
 
 
-def load_validated_config(directory: Path | str | None = None) -> PipelineConfig:
-    """Load the config and, when profile files exist, check rules and mappings against them."""
-    config = load_config(directory)
+def load_validated_config(
+    directory: Path | str | None = None, *, skip_invalid_destinations: bool = False
+) -> PipelineConfig:
+    """Load the config and, when profile files exist, check rules and mappings against them.
+
+    Raises ConfigError with one line per error. With `skip_invalid_destinations`, a destination
+    whose own configuration is invalid is left out instead and its errors are kept in
+    `config.problems` (see config.load_config); the definitions built from it show them.
+    """
+    config = load_config(directory, skip_invalid_destinations=skip_invalid_destinations)
     source = FileProfileSource(directory=str(config.profiles_dir))
     try:
         schema = source.schema(config.mapped_columns())
     except ProfileDataError:
         return config  # no profiles yet: the unified_profiles asset reports it when run
-    try:
-        config.validate_against_profiles(schema, str(config.profiles_dir))
-    except ConfigError:
+    problems = config.profile_problems(schema, str(config.profiles_dir))
+    if problems:
         # A broken file can make the inferred types lie (a ragged CSV row reads as text);
         # name the file's own problem first when there is one.
         source.read(config.mapped_columns())
-        raise
+        config = config.without(problems, skip=skip_invalid_destinations)
+        schema = source.schema(config.mapped_columns())  # fewer mapped columns read as text
+    config.validate_against_profiles(schema, str(config.profiles_dir))
     return config
+
+
+def skipped_note(config: PipelineConfig) -> str:
+    """What the UI says while destinations are left out for an invalid configuration."""
+    if not config.problems:
+        return ""
+    names = config.skipped_destinations
+    left_out = (
+        f"LEFT OUT (invalid configuration): {', '.join(names)}."
+        if names
+        else "Invalid configuration entries are ignored."
+    )
+    return (
+        f"{left_out} Fix the files and reload the code location; the other destinations run "
+        "as usual. " + " ".join(f"[{i}] {p.message}" for i, p in enumerate(config.problems, 1))
+    )
+
+
+def _config_problems_check(config: PipelineConfig) -> dg.AssetChecksDefinition:
+    """Fails on every run while a destination is left out, so the asset shows it in red."""
+    note = skipped_note(config)
+
+    @dg.asset_check(
+        asset=dg.AssetKey("sendgrid_contacts"),  # always has an output for the check to follow
+        name=CONFIG_CHECK,
+        description=note,
+        blocking=False,
+    )
+    def destinations_configured() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=note,
+            metadata={
+                "skipped_destinations": dg.MetadataValue.text(
+                    ", ".join(config.skipped_destinations) or "(none)"
+                ),
+                "errors": dg.MetadataValue.md("\n".join(f"- {p.message}" for p in config.problems)),
+            },
+        )
+
+    return destinations_configured
+
+
+def _create_requests_folder(config: PipelineConfig) -> None:
+    """Create <data dir>/requests/, where export_request_sensor picks up request files."""
+    try:
+        config.requests_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a read-only data directory still loads; the sensor says why
+        log.warning(f"cannot create {config.requests_dir}: {error.strerror}")
 
 
 def build_definitions(config: PipelineConfig) -> dg.Definitions:
     partitions = dg.StaticPartitionsDefinition(config.destination_names)
     keys = config.destination_names
+    _create_requests_folder(config)
+    note = skipped_note(config)
+    for problem in config.problems:
+        log.warning(f"configuration error, left out of the definitions: {problem.message}")
     with warnings.catch_warnings():  # backfill_policy and check specs are marked beta/preview
         warnings.simplefilter("ignore", dg.BetaWarning)
         warnings.simplefilter("ignore", dg.PreviewWarning)
@@ -56,19 +122,22 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
             build_contacts_asset(config, partitions),
             build_sync_asset(config, partitions),
         ]
+        checks = [_config_problems_check(config)] if config.problems else []
     export_job = dg.define_asset_job(
         EXPORT_JOB,
         selection=dg.AssetSelection.groups(GROUP),
         partitions_def=partitions,
         executor_def=dg.in_process_executor,
-        description="Exports the selected destinations (partitions) end to end: profiles, "
+        description=(f"{note}\n\n" if note else "")
+        + "Exports the selected destinations (partitions) end to end: profiles, "
         "segments, contacts, and the list sync.",
     )
     storage = os.environ.get(STORAGE_DIR_ENV) or str(config.data_dir / "storage")
     return dg.Definitions(
         assets=assets,
+        asset_checks=checks,
         jobs=[export_job],
-        schedules=[build_refresh_schedule(export_job, keys)],
+        schedules=[build_refresh_schedule(export_job, keys, note=note)],
         sensors=[
             build_profile_change_sensor(export_job, keys),
             build_export_request_sensor(export_job, config),

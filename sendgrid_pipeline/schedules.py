@@ -19,7 +19,10 @@ def refresh_all_tags(partition_keys: list[str]) -> dict[str, str]:
     return {RANGE_START_TAG: partition_keys[0], RANGE_END_TAG: partition_keys[-1]}
 
 
-def build_refresh_schedule(job: AssetJob, partition_keys: list[str]) -> dg.ScheduleDefinition:
+def build_refresh_schedule(
+    job: AssetJob, partition_keys: list[str], note: str = ""
+) -> dg.ScheduleDefinition:
+    """The daily refresh, RUNNING by default; `note`: what the configuration left out."""
     cron = os.environ.get(REFRESH_CRON_ENV) or DEFAULT_CRON
     timezone = os.environ.get(REFRESH_TIMEZONE_ENV) or "UTC"
 
@@ -28,9 +31,12 @@ def build_refresh_schedule(job: AssetJob, partition_keys: list[str]) -> dg.Sched
         job=job,
         cron_schedule=cron,
         execution_timezone=timezone,
-        description=f"Scheduled refresh ({cron}, {timezone}; set {REFRESH_CRON_ENV} and "
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=(f"{note}\n\n" if note else "")
+        + f"Scheduled refresh ({cron}, {timezone}; set {REFRESH_CRON_ENV} and "
         f"{REFRESH_TIMEZONE_ENV} to change): one run that reads the profiles and segments "
-        "once and syncs every destination.",
+        "once and syncs every destination. Running by default: stop it with the toggle here, "
+        "or `dagster schedule stop sendgrid_refresh_schedule -w workspace.yaml`.",
     )
     def sendgrid_refresh_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         return dg.RunRequest(

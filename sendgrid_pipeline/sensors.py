@@ -43,6 +43,7 @@ def build_profile_change_sensor(job: AssetJob, partition_keys: list[str]) -> dg.
         name="profile_source_changed_sensor",
         job=job,
         minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description="Requests a refresh of every destination when a profile file under "
         "profiles/ is added, removed or rewritten. The first tick records a baseline.",
     )
@@ -415,6 +416,7 @@ def build_export_request_sensor(job: AssetJob, config: PipelineConfig) -> dg.Sen
         name="export_request_sensor",
         job=job,
         minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description="On-demand export from outside the UI: drop a JSON file such as "
         '{"destinations": ["newsletter_eu"], "requested_by": "jane"} (or "all") into the data '
         "directory's requests/ folder. Each drop becomes runs exactly once (run keys): one run "

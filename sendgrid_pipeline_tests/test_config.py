@@ -61,16 +61,16 @@ def test_a_good_config_loads_with_defaults(tmp_path: Path) -> None:
         ([destination(), destination(list_id="x-2")], ["'newsletter'", "more than once"]),
         (
             [destination(field_mapping={"first_name": "first_name"})],
-            ["'newsletter'", "field_mapping.email", "Field required"],
+            ["'newsletter'", "'field_mapping.email' is missing"],
         ),
         (
             [destination(field_mapping={"email": "email", "phone": "tel"})],
-            ["'newsletter'", "field_mapping.phone", "Extra inputs"],
+            ["'newsletter'", "unknown key 'field_mapping.phone'", "phone_number_id"],
         ),
         ([destination(list_id="not a list id!")], ["'newsletter'", "list_id"]),
         ([destination(profile_cap=0)], ["'newsletter'", "profile_cap"]),
         ([destination(segments=[])], ["'newsletter'", "segments"]),
-        ([destination(consentt=True)], ["'newsletter'", "consentt"]),
+        ([destination(consentt=True)], ["'newsletter'", "'consentt' (did you mean 'consent'?)"]),
     ],
 )
 def test_bad_destinations_name_the_file_destination_and_key(
@@ -119,7 +119,7 @@ def test_duplicate_segment_ids_are_rejected(tmp_path: Path) -> None:
 def test_malformed_yaml_and_missing_files(tmp_path: Path) -> None:
     write(tmp_path)
     (tmp_path / "segments.yaml").write_text("segments: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"segments.yaml: malformed YAML"):
+    with pytest.raises(ConfigError, match=r"segments.yaml:2:1: malformed YAML"):
         load_config(tmp_path)
     (tmp_path / "segments.yaml").unlink()
     with pytest.raises(ConfigError, match=r"segments.yaml: file not found"):
