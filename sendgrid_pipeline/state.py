@@ -349,6 +349,15 @@ class SyncStateStore:
             if intent_id is not None:
                 db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
 
+    def member_count(self, destination: str, list_id: str) -> int:
+        """How many contacts the state records on the list (managed or not)."""
+        with self._connect() as db:
+            (count,) = db.execute(
+                "SELECT count(*) FROM members WHERE destination = ? AND list_id = ?",
+                (destination, list_id),
+            ).fetchone()
+        return int(count)
+
     def has_uncertain(self, destination: str, list_id: str) -> int:
         """How many members have an unconfirmed change."""
         with self._connect() as db:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import yaml
 
 from sendgrid_pipeline.config import load_config
+from sendgrid_pipeline.pipeline import EXPORT_JOB, build_definitions, load_validated_config
 from sendgrid_pipeline_tests.helpers import export, step_failure_messages
 
 # An independent statement of who belongs on each list: SQL over the raw profile file,
@@ -189,14 +191,43 @@ def _sync_metadata(result) -> dict:
     raise AssertionError("no sendgrid_list_sync materialization")
 
 
-def test_dry_run_tag_plans_and_sends_nothing(data_dir, sandbox) -> None:
+def _sync_events(result, kind: str) -> list:
+    return [
+        e
+        for e in result.all_events
+        if e.event_type_value == kind and e.asset_key == dg.AssetKey("sendgrid_list_sync")
+    ]
+
+
+def test_dry_run_tag_plans_sends_nothing_and_is_no_sync(data_dir, sandbox) -> None:
     name = load_config(data_dir).destination_names[0]
     result = export(data_dir, partitions=[name], tags={"sendgrid/dry_run": "true"})
     assert result.success, step_failure_messages(result)
-    metadata = _sync_metadata(result)
+    assert not _sync_events(result, "ASSET_MATERIALIZATION")  # the partition does not turn green
+    (observation,) = _sync_events(result, "ASSET_OBSERVATION")
+    metadata = {
+        k: getattr(v, "value", v)
+        for k, v in observation.event_specific_data.asset_observation.metadata.items()
+    }
     assert metadata["dry_run"] is True and metadata["planned_add"] > 100
     assert metadata["upserted"] == 0
     assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE")] == []
+
+
+def test_a_launchpad_dry_run_is_tagged_in_the_runs_list(data_dir, sandbox) -> None:
+    config = load_validated_config(data_dir)
+    name = config.destination_names[0]
+    instance = dg.DagsterInstance.ephemeral()
+    job = build_definitions(config).resolve_job_def(EXPORT_JOB)
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=name,
+        run_config={"ops": {"sendgrid_list_sync": {"config": {"dry_run": True}}}},
+        raise_on_error=False,
+    )
+    assert result.success, step_failure_messages(result)
+    assert instance.get_run_by_id(result.run_id).tags["sendgrid/dry_run"] == "true"
+    assert not _sync_events(result, "ASSET_MATERIALIZATION")
 
 
 def test_brake_stops_a_broken_source_and_the_run_tag_overrides_it(data_dir, sandbox) -> None:

@@ -8,7 +8,6 @@ as the UI does) and compares them with independently computed figures.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +19,10 @@ import yaml
 from sendgrid_pipeline.assets.sync_checks import (
     LIST_SIZE_CHECK,
     SYNC_ASSET,
-    build_list_size_check,
 )
 from sendgrid_pipeline.checks import CAP_CHECK, EMAIL_CHECK
 from sendgrid_pipeline.config import PipelineConfig, load_config
-from sendgrid_pipeline.pipeline import build_definitions, load_validated_config
+from sendgrid_pipeline.pipeline import build_definitions
 from sendgrid_pipeline_tests.helpers import export, step_failure_messages
 from sendgrid_pipeline_tests.test_end_to_end import expected_members
 
@@ -78,40 +76,6 @@ def evaluations(result: dg.ExecuteInProcessResult) -> list[dg.AssetCheckEvaluati
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
     ]
-
-
-def with_list_size_check(config: PipelineConfig) -> dg.Definitions:
-    """The code location's definitions plus the list-size check and a job running only it."""
-    defs = build_definitions(config)
-    job = dg.define_asset_job(
-        CHECK_JOB,
-        selection=dg.AssetSelection.checks(LIST_SIZE),
-        executor_def=dg.in_process_executor,
-    )
-    with warnings.catch_warnings():  # partitioned check specs are marked preview
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        checks = (
-            []
-            if LIST_SIZE in defs.resolve_asset_graph().asset_check_keys
-            else [build_list_size_check(config, partitions_of(config))]
-        )
-        return dg.Definitions.merge(defs, dg.Definitions(asset_checks=checks, jobs=[job]))
-
-
-def run_list_size_check(
-    data_dir: Path, instance: dg.DagsterInstance, partitions: list[str]
-) -> dg.ExecuteInProcessResult:
-    config = load_validated_config(data_dir)
-    job = with_list_size_check(config).resolve_job_def(CHECK_JOB)
-    tags = (
-        {"dagster/partition": partitions[0]}
-        if len(partitions) == 1
-        else {
-            "dagster/asset_partition_range_start": partitions[0],
-            "dagster/asset_partition_range_end": partitions[-1],
-        }
-    )
-    return job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
 
 
 # -- item 3: check results per partition ----------------------------------------------------
@@ -263,20 +227,21 @@ def test_list_size_check_warns_per_destination_when_sendgrid_and_the_state_diffe
 ) -> None:
     config = load_config(data_dir)
     names = config.destination_names
-    assert export(data_dir, instance=instance).success
-    result = run_list_size_check(data_dir, instance, names)
+    result = export(data_dir, instance=instance)  # the check runs after each destination's sync
     assert result.success, step_failure_messages(result)
     assert check_statuses(instance, LIST_SIZE, config) == {"SUCCEEDED": set(names)}
     for evaluation in evaluations(result):
+        if evaluation.check_name != LIST_SIZE_CHECK:
+            continue
         target = latest_materialization(instance, SYNC_ASSET, evaluation.partition)
         assert evaluation.target_materialization_data.storage_id == target.storage_id
 
     # someone adds a contact to the vip list by hand: SendGrid's count and the record differ
     sandbox.add_contact_by_hand("walk-in@example.com", [config.destination("vip_program").list_id])
     sandbox.wait_for_idle()
-    result = run_list_size_check(data_dir, instance, names)
+    result = export(data_dir, instance=instance)
     assert result.success, step_failure_messages(result)  # a warning, never a failure
-    by_partition = {e.partition: e for e in evaluations(result)}
+    by_partition = {e.partition: e for e in evaluations(result) if e.check_name == LIST_SIZE_CHECK}
     assert set(by_partition) == set(names)
     vip = by_partition.pop("vip_program")
     assert not vip.passed and vip.severity == dg.AssetCheckSeverity.WARN
@@ -291,5 +256,7 @@ def test_list_size_check_warns_per_destination_when_sendgrid_and_the_state_diffe
     }
 
     # one destination alone lands on its partition too
-    result = run_list_size_check(data_dir, instance, ["winback_campaign"])
-    assert [(e.partition, e.passed) for e in evaluations(result)] == [("winback_campaign", True)]
+    result = export(data_dir, partitions=["winback_campaign"], instance=instance)
+    assert [
+        (e.partition, e.passed) for e in evaluations(result) if e.check_name == LIST_SIZE_CHECK
+    ] == [("winback_campaign", True)]

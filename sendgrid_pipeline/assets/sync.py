@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 import polars as pl
@@ -15,10 +16,12 @@ from sendgrid_pipeline.assets.common import (
     OWNERS,
     RECONCILE_TAG,
     markdown_table,
+    partition_check_results,
     retry_only_transient,
     tag_is_true,
 )
 from sendgrid_pipeline.assets.contacts import reports_dir
+from sendgrid_pipeline.assets.sync_checks import LIST_SIZE_CHECK, list_size_result
 from sendgrid_pipeline.config import Destination, PipelineConfig
 from sendgrid_pipeline.errors import ConfigError
 from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError, UnsafeUrlError
@@ -34,6 +37,7 @@ from sendgrid_pipeline.sync.apply import (
 from sendgrid_pipeline.sync.custom_fields import resolve_custom_field_ids
 
 SENDGRID_LIST_URL = "https://mc.sendgrid.com/contacts/lists/{list_id}"
+SENDGRID_API_HOSTS = ("api.sendgrid.com", "api.eu.sendgrid.com")
 
 
 class SyncConfig(dg.Config):
@@ -112,13 +116,20 @@ def witnessed_generation(context: dg.AssetExecutionContext, key: str) -> int | N
     return int(value.value) if value is not None else None
 
 
-def report_metadata(report: SyncReport) -> dict:
+def list_location(base_url: str, list_id: str) -> dict:
+    """A link to the list in SendGrid's UI, only when the API really is SendGrid's."""
+    host = urlsplit(base_url).hostname or ""
+    if host in SENDGRID_API_HOSTS:
+        return {"sendgrid_list": dg.MetadataValue.url(SENDGRID_LIST_URL.format(list_id=list_id))}
+    return {"sendgrid_api": f"{base_url.rstrip('/')} (not SendGrid: no list page to link)"}
+
+
+def report_metadata(report: SyncReport, base_url: str) -> dict:
     """The figures a data engineer reads first come first (the UI keeps this order)."""
     planned = report.plan.counts()
     return {
         "list_id": report.list_id,
-        # where the list lives in SendGrid's UI (against the sandbox it leads nowhere)
-        "sendgrid_list": dg.MetadataValue.url(SENDGRID_LIST_URL.format(list_id=report.list_id)),
+        **list_location(base_url, report.list_id),
         "list_contact_count": report.list_count_after,
         "upserted": report.upserted,
         "removed": report.removed,
@@ -139,7 +150,7 @@ def report_metadata(report: SyncReport) -> dict:
         # backup (its count is lower than this) and reconcile
         "state_generation": report.state_generation,
         "job_ids": ", ".join(report.job_ids[:50]) or "(none)",
-        "plan_sample (masked)": markdown_table(report.plan.sample()),
+        "plan_sample (masked)": markdown_table(report.sample),
         "rejected_by_sendgrid_sample (masked)": markdown_table(masked_rejections(report.rejected)),
     }
 
@@ -169,6 +180,16 @@ def build_sync_asset(
             jitter=dg.Jitter.PLUS_MINUS,
         ),
         output_required=False,  # it records one materialization per destination instead
+        check_specs=[
+            dg.AssetCheckSpec(
+                LIST_SIZE_CHECK,
+                asset="sendgrid_list_sync",
+                partitions_def=partitions,
+                blocking=False,
+                description="After each sync: the list's size as SendGrid reports it equals "
+                "the members the sync state records (warns only: SendGrid's counts lag).",
+            )
+        ],
         description="Plans and applies the change that makes the destination's SendGrid list "
         "hold exactly its contacts: upserts new and changed contacts, removes contacts we "
         "added that left its segments, polls every job to a terminal state and records only "
@@ -180,12 +201,18 @@ def build_sync_asset(
         sendgrid_contacts: pl.DataFrame,
         sendgrid: SendGridResource,
         sync_state: SyncStateResource,
-    ) -> Iterator[dg.AssetMaterialization]:
+    ) -> Iterator[
+        dg.AssetMaterialization | dg.AssetObservation | dg.Output | dg.AssetCheckEvaluation
+    ]:
         with retry_only_transient():
             dry_run = config.dry_run or tag_is_true(context, DRY_RUN_TAG)
             override = config.allow_mass_removal or tag_is_true(context, ALLOW_MASS_REMOVAL_TAG)
             reconcile = config.reconcile or tag_is_true(context, RECONCILE_TAG)
+            if dry_run and not tag_is_true(context, DRY_RUN_TAG):
+                # chosen in the launchpad: make it visible in the runs list as well
+                context.instance.add_run_tags(context.run_id, {DRY_RUN_TAG: "true"})
             per_destination: dict[str, dict] = {}
+            checks: dict[str, list[dg.AssetCheckResult]] = {}
             failures: dict[str, str] = {}
             retryable = False
             for key in context.partition_keys:
@@ -240,7 +267,10 @@ def build_sync_asset(
                     context.log.error("%s: %s", key, too_many)
                     failures[key] = too_many
                 else:
-                    per_destination[key] = report_metadata(report)
+                    per_destination[key] = report_metadata(report, sendgrid.base_url)
+                    checks[key] = [
+                        list_size_result(key, report.list_count_after, report.recorded_members)
+                    ]
                 if report.rejected.height:
                     path = write_sendgrid_rejections(pipeline, key, report.rejected)
                     if key in per_destination:
@@ -261,8 +291,12 @@ def build_sync_asset(
                         )
             # One materialization per destination that synced, each with its own figures (also in a
             # run over several destinations), so the UI plots every destination's history.
+            # A dry run changes nothing: it is an observation (the plan), never a materialization,
+            # so it cannot turn a partition green or hide an earlier failure.
+            event = dg.AssetObservation if dry_run else dg.AssetMaterialization
             for key, metadata in per_destination.items():
-                yield dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata)
+                yield event(context.asset_key, partition=key, metadata=metadata)
+            yield from partition_check_results(context, checks)
             if failures:
                 synced = ", ".join(per_destination) or "none"
                 raise dg.Failure(

@@ -88,6 +88,8 @@ class SyncReport:
     list_count_before: int = 0
     list_count_after: int = 0
     state_generation: int = 0
+    recorded_members: int = 0  # what the state records on the list after this sync
+    sample: pl.DataFrame = field(default_factory=pl.DataFrame)  # masked, with customer ids
     seconds: float = 0.0
 
 
@@ -181,6 +183,10 @@ class DestinationSync:
             report.list_count_after = before
         report.rejected = pl.concat(report_parts).unique("email", keep="last", maintain_order=True)
         report.state_generation = self.store.generation(self.name, self.list_id)
+        report.recorded_members = self.store.member_count(self.name, self.list_id)
+        report.sample = plan.sample(
+            customer_ids=contacts if "customer_id" in contacts.columns else None
+        )
         report.seconds = time.monotonic() - started
         return report
 

@@ -36,13 +36,20 @@ class SyncPlan:
             "unchanged": self.unchanged,
         }
 
-    def sample(self, per_action: int = 5) -> pl.DataFrame:
-        """A masked sample of each action, for dry runs and metadata."""
+    def sample(self, per_action: int = 5, customer_ids: pl.DataFrame | None = None) -> pl.DataFrame:
+        """A masked sample of each action, for dry runs and metadata.
+
+        `customer_ids` (email, customer_id) puts the customer id beside each masked email, so
+        the sample can be checked against the profiles; a leaver has none any more.
+        """
         upserts = self.upserts.group_by("action", maintain_order=True).head(per_action)
         removes = self.removes.head(per_action).with_columns(pl.lit("remove").alias("action"))
-        return pl.concat(
-            [upserts.select("action", "email"), removes.select("action", "email")]
-        ).with_columns(mask_email_expr("email"))
+        sample = pl.concat([upserts.select("action", "email"), removes.select("action", "email")])
+        if customer_ids is not None:
+            ids = customer_ids.select("email", "customer_id").unique("email")
+            sample = sample.join(ids, on="email", how="left", maintain_order="left")
+            sample = sample.select("action", "customer_id", "email")
+        return sample.with_columns(mask_email_expr("email"))
 
 
 def build_plan(desired: pl.DataFrame, recorded: pl.DataFrame) -> SyncPlan:
