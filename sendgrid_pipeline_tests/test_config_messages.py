@@ -9,7 +9,10 @@ destination still fails loading.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -285,3 +288,21 @@ def test_errors_that_concern_every_destination_still_fail_loading(
         warnings.simplefilter("ignore")
         message = error_of(data_dir, skip_invalid_destinations=True)
     assert expected in message
+
+
+def test_the_code_location_loads_without_a_broken_destination(data_dir) -> None:
+    replace_once(data_dir / "destinations.yaml", "    profile_cap: 100000", "    profle_cap: 1")
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from sendgrid_pipeline.definitions import defs; "
+            "print(defs.resolve_job_def('sendgrid_export_job').partitions_def.get_partition_keys())",
+        ],
+        env={**os.environ, "SENDGRID_PIPELINE_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip() == "['vip_program', 'winback_campaign']"

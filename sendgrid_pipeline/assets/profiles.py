@@ -18,6 +18,8 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         group_name=GROUP,
         owners=OWNERS,
         kinds={"polars"},
+        # computed once in a run over several destinations, backfills and ranges included
+        backfill_policy=dg.BackfillPolicy.single_run(),
         dagster_type=UnifiedProfilesType,
         description="Unified customer profiles from the profile source (CSV/Parquet files by "
         "default), one row per customer_id. Validated with a Pandera polars schema.",

@@ -81,6 +81,8 @@ def build_segments_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         group_name=GROUP,
         owners=OWNERS,
         kinds={"polars"},
+        # computed once in a run over several destinations, backfills and ranges included
+        backfill_policy=dg.BackfillPolicy.single_run(),
         dagster_type=SegmentMembershipType,
         description="Members of every segment (customer_id, segment_id). Segments are SQL "
         f"boolean expressions over profile columns (data/segments.yaml):\n{described}",
