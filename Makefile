@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PROFILES ?= 100000
+SEEDS ?= 200
 SANDBOX_PORT ?= 4010
 UI_PORT ?= 3000
 SANDBOX_KEY := SG.sandbox-local-dev-key
@@ -11,7 +12,7 @@ SANDBOX_KEY := SG.sandbox-local-dev-key
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test dev bench lint format clean
+.PHONY: install demo test dev bench soak lint format clean
 
 install: $(INSTALLED)
 
@@ -30,6 +31,9 @@ test: $(INSTALLED)  ## every test (starts its own sandbox on a free loopback por
 
 dev: $(INSTALLED)  ## the sandbox plus the Dagster UI, with run history in .dagster_home (the demo's runs are not there)
 	$(BIN)/python -m sendgrid_pipeline.dev --sandbox-port $(SANDBOX_PORT) --ui-port $(UI_PORT)
+
+soak: $(INSTALLED)  ## the crash-and-change soak over SEEDS seeds (SIGKILL, change, rerun)
+	$(BIN)/python -m sendgrid_pipeline_tests.sync.test_crash_soak $(SEEDS)
 
 bench: $(INSTALLED)  ## benchmark one destination at PROFILES profiles
 	$(BIN)/python -m sendgrid_pipeline.bench --profiles $(PROFILES)
