@@ -16,7 +16,7 @@ from pydantic import Field
 PARTITION_COLUMN = "destination"
 
 
-class PolarsParquetIOManager(dg.ConfigurableIOManager):
+class DestinationParquetIOManager(dg.ConfigurableIOManager):
     """Stores each asset (partition) as <base_dir>/<asset key>/<partition>.parquet."""
 
     base_dir: str = Field(description="Directory for the Parquet files.")

@@ -16,7 +16,7 @@ from sendgrid_pipeline.assets.segments import build_segments_asset
 from sendgrid_pipeline.assets.sync import build_sync_asset
 from sendgrid_pipeline.config import PipelineConfig, load_config
 from sendgrid_pipeline.errors import ProfileDataError
-from sendgrid_pipeline.io_manager import PolarsParquetIOManager
+from sendgrid_pipeline.io_manager import DestinationParquetIOManager
 from sendgrid_pipeline.profile_source import FileProfileSource
 from sendgrid_pipeline.schedules import build_refresh_schedule
 from sendgrid_pipeline.sendgrid.resource import sendgrid_resource_from_env
@@ -143,7 +143,7 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
             build_export_request_sensor(export_job, config),
         ],
         resources={
-            "io_manager": PolarsParquetIOManager(base_dir=storage),
+            "io_manager": DestinationParquetIOManager(base_dir=storage),
             "profile_source": FileProfileSource(directory=str(config.profiles_dir)),
             "sendgrid": sendgrid_resource_from_env(),
             "sync_state": SyncStateResource(),

@@ -139,7 +139,7 @@ def search_emails(store: Store, request: Request) -> Response:
 # -- lists -----------------------------------------------------------------------------------------
 def remove_from_list(store: Store, request: Request, list_id: str) -> Response:
     values = request.query.get("contact_ids", [])
-    if len(values) > 1:  # the python library's doseq trap (FACTS.md §7): refuse it loudly
+    if len(values) > 1:  # sendgrid-python's urlencode(doseq=True) trap: refuse it loudly
         raise ApiError(
             400,
             "contact_ids",

@@ -1,4 +1,5 @@
-"""Request validation for the sandbox, written to SendGrid's published limits (FACTS.md §1, §4).
+"""Request validation for the sandbox, written to SendGrid's published limits
+(the Marketing Contacts and Custom Fields API reference).
 
 It lives apart from the store so the expensive part of an upsert (checking up to 30,000 contacts)
 runs outside the store lock, and so the limits are written down in one place.
@@ -22,7 +23,7 @@ _UNLIMITED = 1 << 62
 
 # String fields PUT /v3/marketing/contacts accepts, with their maxLength (SPEC ContactRequest).
 # The reserved fields _rf10-_rf14 are missing from that schema but writable per field_definitions;
-# whether PUT takes them is unverified (FACTS.md §1), so the sandbox accepts them.
+# whether PUT takes them is not documented, so the sandbox accepts them.
 STRING_FIELD_LIMITS: dict[str, int] = {
     "email": 254,
     "phone_number_id": _UNLIMITED,
