@@ -378,8 +378,8 @@ class SendGridClient:
                         display,
                         None,
                         [ApiErrorDetail(reason)],
-                        f"Gave up after {attempt + 1} attempts; nothing unconfirmed was recorded, "
-                        "so a rerun resumes safely",
+                        f"Gave up after {attempt + 1} attempts; the request may have been "
+                        "applied: it was written ahead, and the next sync checks it",
                     ) from None
                 self._backoff(attempt, method, display, reason)
                 attempt += 1
