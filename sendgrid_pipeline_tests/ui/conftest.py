@@ -1,5 +1,8 @@
 """Fixtures for the UI tests: one `dagster dev` stack per session, and a headless Chromium page.
 
+The stack is what a user has after `make demo` then `make dev` on a clean clone: the demo runs
+first, over the stack's data copy and with its DAGSTER_HOME, and `dagster dev` starts after it.
+
 Chromium comes from Debian (/usr/bin/chromium; .ci/run installs it). Without it the browser
 tests fail in CI, where they must run, and are skipped elsewhere.
 """
@@ -39,9 +42,12 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def dagster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDevStack]:
-    """`dagster dev` and the sandbox on free loopback ports, over a private data copy."""
-    stack = DagsterDevStack(tmp_path_factory.mktemp("dagster_ui")).start()
+    """The demo, then `dagster dev` and the sandbox on free loopback ports, over a private data
+    copy; the stack's `demo_output` is what the demo printed."""
+    stack = DagsterDevStack(tmp_path_factory.mktemp("dagster_ui")).prepare()
     try:
+        stack.run_demo()
+        stack.start()
         # Dismiss the "join the community" dialog for this instance, as a user's Skip would.
         stack.graphql("mutation { setNuxSeen }")
         yield stack
@@ -51,9 +57,10 @@ def dagster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterD
 
 @pytest.fixture(scope="session")
 def screenshots() -> Path:
-    """artifacts/screenshots/, without a failure.png left over from an earlier session."""
+    """artifacts/screenshots/, emptied of an earlier session's screenshots (failure.png too)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    (SCREENSHOTS / "failure.png").unlink(missing_ok=True)
+    for old in SCREENSHOTS.glob("*.png"):
+        old.unlink()
     return SCREENSHOTS
 
 

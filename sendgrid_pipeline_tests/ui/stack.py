@@ -1,5 +1,7 @@
 """`dagster dev` plus the SendGrid sandbox on loopback, as the UI tests need them.
 
+`prepare()` makes the private data copy and DAGSTER_HOME, `run_demo()` runs the demo over them as
+`make demo` would (before anything else starts), and `start()` starts the sandbox and the UI.
 Each process runs in its own session (process group), so stopping it also stops whatever it
 spawned (code server, webserver, daemon, run workers); nothing outlives the tests.
 """
@@ -13,12 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from sendgrid_pipeline.dev import write_instance_config
 from sendgrid_pipeline.sandbox.__main__ import command as sandbox_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,6 +75,27 @@ def _stop_group(process: subprocess.Popen, first: signal.Signals, grace: float) 
         process.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def _sigint_not_ignored() -> Iterator[None]:
+    """Let the processes started here take SIGINT as Ctrl+C, even when the tests ignore it.
+
+    A shell that runs the tests in the background starts them with SIGINT ignored, children
+    inherit that, and `dagster dev` (which treats SIGTERM as SIGINT) could then only be killed,
+    after the whole grace period. A handler set here is reset to the default in the child.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class DagsterDevStack:
     """A private data copy, DAGSTER_HOME, sandbox and `dagster dev`, all under `root`."""
 
@@ -81,19 +107,63 @@ class DagsterDevStack:
         self.logs = root / "logs"
         self.sandbox_url = ""
         self.ui_url = ""
+        self.demo_output = ""  # what the demo printed
+        self.home_after_demo: list[str] = []  # what the demo left in DAGSTER_HOME
         self._processes: list[tuple[str, subprocess.Popen, signal.Signals]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> DagsterDevStack:
-        deadline = time.monotonic() + self.startup_timeout
+    def prepare(self) -> DagsterDevStack:
+        """The private data copy, DAGSTER_HOME (telemetry off) and the log folder; no process."""
+        if self.data_dir.exists():
+            return self
         shutil.copytree(
             REPO_DATA,
             self.data_dir,
             ignore=shutil.ignore_patterns("state", "storage", "reports", "archive", "rejected"),
         )
-        self.dagster_home.mkdir(parents=True)
-        (self.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        write_instance_config(self.dagster_home)  # what `make install` does for .dagster_home
         self.logs.mkdir(parents=True)
+        return self
+
+    def run_demo(self, timeout: float = 300.0) -> str:
+        """`make demo` before the stack starts: over the same data copy, with DAGSTER_HOME set to
+        the stack's own, as the Makefile exports it. Returns what the demo printed."""
+        if self._processes:
+            raise StackError("run the demo before the stack starts, as a user would")
+        self.prepare()
+        log = self.logs / "demo.log"
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(self.dagster_home),
+            "DAGSTER_DISABLE_TELEMETRY": "1",
+        }
+        with log.open("wb") as out:
+            demo = subprocess.Popen(
+                [sys.executable, "-m", "sendgrid_pipeline.demo", "--data-dir", str(self.data_dir)],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            code = demo.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise StackError(f"the demo took over {timeout:.0f}s:\n{_tail(log)}") from None
+        finally:
+            _stop_group(demo, signal.SIGTERM, grace=5)
+        if code != 0:
+            raise StackError(f"the demo exited with {code}:\n{_tail(log)}")
+        self.home_after_demo = sorted(
+            str(path.relative_to(self.dagster_home)) for path in self.dagster_home.rglob("*")
+        )
+        self.demo_output = log.read_text(errors="replace")
+        return self.demo_output
+
+    def start(self) -> DagsterDevStack:
+        deadline = time.monotonic() + self.startup_timeout
+        self.prepare()
         try:
             self._start_sandbox(deadline)
             self._start_dagster(deadline)
@@ -136,7 +206,7 @@ class DagsterDevStack:
 
     def _spawn(self, name: str, args: list[str], first: signal.Signals) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("wb")
-        with log:
+        with log, _sigint_not_ignored():
             process = subprocess.Popen(
                 args,
                 cwd=REPO,
