@@ -212,6 +212,12 @@ def test_dry_run_tag_plans_sends_nothing_and_is_no_sync(data_dir, sandbox) -> No
     assert metadata["dry_run"] is True and metadata["planned_add"] > 100
     assert metadata["upserted"] == 0
     assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE")] == []
+    checked = [
+        e.event_specific_data.asset_key
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert checked and dg.AssetKey("sendgrid_list_sync") not in checked  # nothing synced
 
 
 def test_a_launchpad_dry_run_is_tagged_in_the_runs_list(data_dir, sandbox) -> None:

@@ -296,7 +296,14 @@ def build_sync_asset(
             event = dg.AssetObservation if dry_run else dg.AssetMaterialization
             for key, metadata in per_destination.items():
                 yield event(context.asset_key, partition=key, metadata=metadata)
-            yield from partition_check_results(context, checks)
+            if dry_run:  # nothing synced, nothing to check: the check's output, no result
+                assets_def = context.op_execution_context.assets_def
+                check_key = dg.AssetCheckKey(context.asset_key, LIST_SIZE_CHECK)
+                if check_key in context.op_execution_context.selected_asset_check_keys:
+                    name = assets_def.get_output_name_for_asset_check_key(check_key)
+                    yield dg.Output(None, output_name=name)
+            else:
+                yield from partition_check_results(context, checks)
             if failures:
                 synced = ", ".join(per_destination) or "none"
                 raise dg.Failure(
