@@ -7,6 +7,7 @@ writes one file per partition, and loading several partitions concatenates them.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -65,6 +66,10 @@ class DestinationParquetIOManager(dg.ConfigurableIOManager):
     @staticmethod
     def _write(path: Path, frame: pl.DataFrame) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".parquet.tmp")
-        frame.write_parquet(tmp, compression="lz4", statistics=False)
-        os.replace(tmp, path)  # readers never see a half-written file
+        # a temporary name of its own: two runs writing the same output never share it
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            frame.write_parquet(tmp, compression="lz4", statistics=False)
+            os.replace(tmp, path)  # readers never see a half-written file
+        finally:
+            tmp.unlink(missing_ok=True)
