@@ -9,9 +9,11 @@ sync reconciles with the list before it plans: nothing is ever "accepted but unr
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -357,6 +359,42 @@ class SyncStateStore:
                 (destination, list_id),
             ).fetchone()
         return int(count)
+
+    @contextmanager
+    def list_lock(
+        self, destination: str, list_id: str, run_id: str, wait_seconds: float = 600.0
+    ) -> Iterator[None]:
+        """One writer per (destination, list) across plan and apply, between processes.
+
+        An OS file lock beside the state file: the kernel releases it when its holder dies,
+        even by SIGKILL. A second sync waits up to `wait_seconds`, then fails naming the run
+        that holds the list.
+        """
+        path = self.path.with_name(f"{self.path.name}.{destination}.{list_id}.lock")
+        with path.open("a+") as handle:
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        handle.seek(0)
+                        holder = handle.read().strip() or "(unknown run)"
+                        raise StateStoreError(
+                            f"Destination {destination!r}: list {list_id} is being synced by "
+                            f"run {holder}; waited {wait_seconds:.0f}s for it to finish. "
+                            "Rerun when that run has ended."
+                        ) from None
+                    time.sleep(0.2)
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(run_id)
+                handle.flush()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def has_uncertain(self, destination: str, list_id: str) -> int:
         """How many members have an unconfirmed change."""

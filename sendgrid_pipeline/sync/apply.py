@@ -64,6 +64,7 @@ class SyncOptions:
     # restored from an older backup.
     witnessed_generation: int | None = None
     max_contacts_per_upsert: int = MAX_CONTACTS_PER_UPSERT
+    lock_wait_seconds: float = 600.0  # how long a second sync of the same list waits
 
 
 @dataclass
@@ -129,7 +130,17 @@ class DestinationSync:
 
     # -- entry point -----------------------------------------------------------------------
     def run(self, contacts: pl.DataFrame) -> SyncReport:
-        """`contacts`: one row per contact the list must hold, with its mapped field columns."""
+        """`contacts`: one row per contact the list must hold, with its mapped field columns.
+
+        Holds the list's lock from the first read to the last write: two syncs of one list
+        never interleave (no contact sent twice, no leaver re-added by a stale plan).
+        """
+        with self.store.list_lock(
+            self.name, self.list_id, self.run_id, self.options.lock_wait_seconds
+        ):
+            return self._run(contacts)
+
+    def _run(self, contacts: pl.DataFrame) -> SyncReport:
         started = time.monotonic()
         before = self._list_contact_count()
         known_before = self.store.is_known(self.name, self.list_id)

@@ -1,0 +1,70 @@
+"""One writer per list: overlapping syncs of one destination never interleave."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from sendgrid_pipeline.state import StateStoreError, SyncStateStore
+from sendgrid_pipeline_tests.sync.support import (
+    DESTINATION,
+    LIST_ID,
+    emails,
+    on_list,
+    people,
+    sent_contacts,
+    sync,
+)
+
+NAMES = [f"p{i:02}" for i in range(40)]
+
+
+def test_two_syncs_of_one_list_at_once_send_each_contact_once(sandbox, state_path) -> None:
+    target = people(*NAMES)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(
+            pool.map(lambda _: sync(sandbox, state_path, target, max_contacts_per_upsert=5), [1, 2])
+        )
+    assert on_list(sandbox) == emails(target)
+    assert sent_contacts(sandbox) == len(NAMES)  # the second plan saw the first one's work
+    assert sorted(r.upserted for r in reports) == [0, len(NAMES)]
+
+
+def test_a_sync_that_cannot_get_the_list_names_the_run_holding_it(sandbox, state_path) -> None:
+    store = SyncStateStore(state_path)
+    with (
+        store.list_lock(DESTINATION.name, LIST_ID, "run-holding-the-list"),
+        pytest.raises(StateStoreError, match="run-holding-the-list"),
+    ):
+        sync(sandbox, state_path, people(*NAMES[:3]), lock_wait_seconds=0.5)
+    assert sent_contacts(sandbox) == 0
+
+
+def test_a_killed_holder_frees_the_list(sandbox, state_path) -> None:
+    SyncStateStore(state_path)  # creates the state and its folder
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path;"
+            "from sendgrid_pipeline.state import SyncStateStore;"
+            f"store = SyncStateStore(Path({str(state_path)!r}));"
+            f"lock = store.list_lock({DESTINATION.name!r}, {LIST_ID!r}, 'doomed-run');"
+            "lock.__enter__(); print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        # a lock the dead process still held would make this fail after its wait
+        sync(sandbox, state_path, people(*NAMES[:3]), lock_wait_seconds=30)
+        assert on_list(sandbox) == emails(people(*NAMES[:3]))
+    finally:
+        holder.kill()
