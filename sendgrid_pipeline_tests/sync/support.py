@@ -42,6 +42,18 @@ def people(*names: str, renamed: dict[str, str] | None = None) -> pl.DataFrame:
     return frame
 
 
+def fast_client(sandbox: SandboxServer, **kwargs) -> SendGridClient:
+    """A client with test-sized waits (polls, backoff, timeouts) against the sandbox."""
+    settings = {
+        "poll_interval_seconds": 0.01,
+        "backoff_base_seconds": 0.01,
+        "backoff_max_seconds": 2.0,
+        "timeout_seconds": 2.0,
+        **kwargs,
+    }
+    return SendGridClient(sandbox.api_key, sandbox.base_url, **settings)
+
+
 def sync(
     sandbox: SandboxServer,
     state_path: Path,

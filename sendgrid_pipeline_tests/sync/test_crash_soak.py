@@ -27,11 +27,10 @@ import polars as pl
 import pytest
 
 from sendgrid_pipeline.sandbox import FaultPlan, SandboxServer
-from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError
 from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
-from sendgrid_pipeline_tests.sync.support import DESTINATION, LIST_ID, log
+from sendgrid_pipeline_tests.sync.support import DESTINATION, LIST_ID, fast_client, log
 
 SEEDS = int(os.environ.get("SENDGRID_SOAK_SEEDS", "30"))
 REJECTED = "bad"  # SendGrid rejects these rows at job time when the seed says so
@@ -69,20 +68,9 @@ def _frame(world: dict[str, str]) -> pl.DataFrame:
     )
 
 
-def _client(sandbox: SandboxServer) -> SendGridClient:
-    return SendGridClient(
-        sandbox.api_key,
-        sandbox.base_url,
-        poll_interval_seconds=0.01,
-        backoff_base_seconds=0.01,
-        backoff_max_seconds=0.2,
-        timeout_seconds=2.0,
-    )
-
-
 def _sync(sandbox: SandboxServer, state: Path, world: dict[str, str]) -> None:
     DestinationSync(
-        _client(sandbox),
+        fast_client(sandbox, backoff_max_seconds=0.2),
         SyncStateStore(state),
         DESTINATION,
         log,
@@ -119,7 +107,7 @@ def _killed_sync(sandbox: SandboxServer, state: Path, world: dict[str, str], kil
 
 def _list_through_export(sandbox: SandboxServer) -> dict[str, str]:
     """email -> first_name of every contact on the list, read as a user would: an export."""
-    client = _client(sandbox)
+    client = fast_client(sandbox, backoff_max_seconds=0.2)
     export_id = client.start_export([LIST_ID], file_type="json")
     rows = []
     for url in client.wait_for_export(export_id):

@@ -17,23 +17,13 @@ from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
 from sendgrid_pipeline_tests.sync.support import (
     DESTINATION,
     emails,
+    fast_client,
     log,
     on_list,
     people,
     recorded,
     sent_contacts,
 )
-
-
-def fast_client(sandbox, **kwargs) -> SendGridClient:
-    settings = {
-        "poll_interval_seconds": 0.01,
-        "backoff_base_seconds": 0.01,
-        "backoff_max_seconds": 2.0,
-        "timeout_seconds": 2.0,
-        **kwargs,
-    }
-    return SendGridClient(sandbox.api_key, sandbox.base_url, **settings)
 
 
 def run(sandbox, state_path, desired, client=None, **options):

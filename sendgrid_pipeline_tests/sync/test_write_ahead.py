@@ -12,7 +12,6 @@ import pytest
 
 from sendgrid_pipeline.config import FieldMapping
 from sendgrid_pipeline.sandbox import FaultPlan
-from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.sendgrid.errors import SendGridUnavailableError
 from sendgrid_pipeline.state import StateStoreError, SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions, SyncRefused
@@ -21,6 +20,7 @@ from sendgrid_pipeline_tests.sync.support import (
     LIST_ID,
     Crash,
     emails,
+    fast_client,
     log,
     on_list,
     people,
@@ -59,14 +59,7 @@ def test_an_applied_but_unrecorded_removal_is_undone_when_they_rejoin(sandbox, s
 
 def test_lost_answers_are_possibly_applied_and_converge(sandbox, state_path) -> None:
     sync(sandbox, state_path, people(*NAMES[:10]))
-    client = SendGridClient(
-        sandbox.api_key,
-        sandbox.base_url,
-        poll_interval_seconds=0.01,
-        max_retries=1,
-        backoff_base_seconds=0.01,
-        timeout_seconds=2.0,
-    )
+    client = fast_client(sandbox, max_retries=1)
     sandbox.set_faults(FaultPlan(only_paths="^/v3/marketing/contacts$", lost_rate=1.0))
     engine = DestinationSync(
         client, SyncStateStore(state_path), DESTINATION, log, SyncOptions(), run_id="lost"
