@@ -142,6 +142,26 @@ class SyncStateStore:
             raise StateStoreError(
                 f"Sync state {path}: cannot create its directory ({error.strerror})"
             ) from None
+        # Creating or migrating the file is serialized between processes: SQLite answers
+        # "database is locked" at once (without waiting) to a second connection that switches
+        # a file into WAL mode while another does the same.
+        lock_path = path.with_name(f"{path.name}.schema.lock")
+        with lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._create_or_migrate()
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _create_or_migrate(self) -> None:
+        try:
+            db = sqlite3.connect(self.path, timeout=30)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+            finally:
+                db.close()
+        except sqlite3.Error as error:
+            raise _explain(self.path, error) from None
         with self._connect() as db:
             db.executescript(_SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(members)")}
@@ -156,8 +176,7 @@ class SyncStateStore:
         except sqlite3.Error as error:
             raise _explain(self.path, error) from None
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=FULL")  # per connection; WAL is set at creation
             with db:  # one transaction; rolled back on any exception
                 yield db
         except sqlite3.Error as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -68,3 +69,17 @@ def test_a_killed_holder_frees_the_list(sandbox, state_path) -> None:
         assert on_list(sandbox) == emails(people(*NAMES[:3]))
     finally:
         holder.kill()
+
+
+def test_many_openers_of_a_new_state_at_once_all_succeed(tmp_path) -> None:
+    """Creating the file (and its WAL mode) is never a 'database is locked' for anyone."""
+    for attempt in range(20):
+        path = tmp_path / f"fresh-{attempt}" / "sync_state.sqlite"
+        start = threading.Barrier(8)
+
+        def open_store(_: int, path=path, start=start) -> int:
+            start.wait()
+            return SyncStateStore(path).has_uncertain("d", "l")
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert list(pool.map(open_store, range(8))) == [0] * 8
