@@ -20,23 +20,23 @@ $(INSTALLED): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m sendgrid_pipeline.dev --init-home
+	$(BIN)/python -m sendgrid_pipeline_tests.devkit.dev --init-home
 	touch $@
 
 demo: $(INSTALLED)  ## the whole export against the bundled local SendGrid sandbox (VERBOSE=1: Dagster's logs)
-	$(BIN)/python -m sendgrid_pipeline.demo $(if $(filter 1 yes true,$(VERBOSE)),--verbose)
+	$(BIN)/python -m sendgrid_pipeline_tests.devkit.demo $(if $(filter 1 yes true,$(VERBOSE)),--verbose)
 
 test: $(INSTALLED)  ## every test (starts its own sandbox on a free loopback port)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 dev: $(INSTALLED)  ## the sandbox plus the Dagster UI, with run history in .dagster_home (the demo's runs are not there)
-	$(BIN)/python -m sendgrid_pipeline.dev --sandbox-port $(SANDBOX_PORT) --ui-port $(UI_PORT)
+	$(BIN)/python -m sendgrid_pipeline_tests.devkit.dev --sandbox-port $(SANDBOX_PORT) --ui-port $(UI_PORT)
 
 soak: $(INSTALLED)  ## the crash-and-change soak over SEEDS seeds (SIGKILL, change, rerun)
 	$(BIN)/python -m sendgrid_pipeline_tests.sync.test_crash_soak $(SEEDS)
 
 bench: $(INSTALLED)  ## benchmark one destination at PROFILES profiles
-	$(BIN)/python -m sendgrid_pipeline.bench --profiles $(PROFILES)
+	$(BIN)/python -m sendgrid_pipeline_tests.devkit.bench --profiles $(PROFILES)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

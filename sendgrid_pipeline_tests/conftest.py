@@ -42,7 +42,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def sandbox(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     """A real SendGrid sandbox on a free loopback port, with the destinations' lists."""
-    from sendgrid_pipeline.sandbox import SandboxServer
+    from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 
     lists = SandboxServer.lists_from_destinations_file(data_dir / "destinations.yaml")
     with SandboxServer(lists=lists, job_delay_seconds=0.02) as server:

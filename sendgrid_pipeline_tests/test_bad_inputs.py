@@ -12,11 +12,11 @@ import yaml
 
 from sendgrid_pipeline.config import Destination, FieldMapping, Segment
 from sendgrid_pipeline.errors import ConfigError, ProfileDataError
-from sendgrid_pipeline.sandbox import SandboxServer
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync
 from sendgrid_pipeline.transform import destination_contacts, segment_membership
+from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 from sendgrid_pipeline_tests.helpers import export, step_failure_messages
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "data" / "bad_inputs.yaml").read_text())

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from sendgrid_pipeline.bench import STEPS
-from sendgrid_pipeline.sandbox import SandboxServer
+from sendgrid_pipeline_tests.devkit.bench import STEPS
+from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 
 PROFILES = 2000
 RUNS = ("initial", "no_change", "change")
@@ -27,7 +27,7 @@ RUNS = ("initial", "no_change", "change")
 def result() -> dict[str, Any]:
     """One benchmark run, as `make bench PROFILES=2000` would do it (CLI, separate sandbox)."""
     completed = subprocess.run(
-        [sys.executable, "-m", "sendgrid_pipeline.bench", "--profiles", str(PROFILES)],
+        [sys.executable, "-m", "sendgrid_pipeline_tests.devkit.bench", "--profiles", str(PROFILES)],
         capture_output=True,
         text=True,
         timeout=600,

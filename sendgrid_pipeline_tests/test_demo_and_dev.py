@@ -19,8 +19,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from sendgrid_pipeline.dev import INSTANCE_CONFIG, write_instance_config
 from sendgrid_pipeline.pipeline import build_definitions, load_validated_config
+from sendgrid_pipeline_tests.devkit.dev import INSTANCE_CONFIG, write_instance_config
 from sendgrid_pipeline_tests.ui.stack import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,14 @@ def user_env(tmp_path: Path) -> dict[str, str]:
 
 def run_demo(tmp_path: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sendgrid_pipeline.demo", "--data-dir", str(data_dir), *args],
+        [
+            sys.executable,
+            "-m",
+            "sendgrid_pipeline_tests.devkit.demo",
+            "--data-dir",
+            str(data_dir),
+            *args,
+        ],
         cwd=REPO,
         env=user_env(tmp_path),
         capture_output=True,
@@ -136,7 +143,7 @@ def test_init_home_writes_the_instance_config_once_and_keeps_a_hand_written_one(
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "home"
-    command = [sys.executable, "-m", "sendgrid_pipeline.dev", "--init-home"]
+    command = [sys.executable, "-m", "sendgrid_pipeline_tests.devkit.dev", "--init-home"]
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     subprocess.run(command, cwd=REPO, env=env, check=True, timeout=60)
     assert (home / "dagster.yaml").read_text() == INSTANCE_CONFIG
@@ -155,7 +162,7 @@ def test_dev_with_a_broken_config_starts_and_prints_why_the_location_did_not_loa
     with log.open("wb") as out:
         dev = subprocess.Popen(
             [
-                *(sys.executable, "-m", "sendgrid_pipeline.dev"),
+                *(sys.executable, "-m", "sendgrid_pipeline_tests.devkit.dev"),
                 *("--sandbox-port", str(free_port()), "--ui-port", str(free_port())),
             ],
             cwd=REPO,
@@ -190,5 +197,5 @@ def test_dev_with_a_broken_config_starts_and_prints_why_the_location_did_not_loa
 def test_the_makefile_writes_the_instance_config_through_the_one_helper() -> None:
     makefile = (REPO / "Makefile").read_text()
     assert "enabled: false" not in makefile
-    assert "sendgrid_pipeline.dev --init-home" in makefile
+    assert "sendgrid_pipeline_tests.devkit.dev --init-home" in makefile
     assert "$(if $(filter 1 yes true,$(VERBOSE)),--verbose)" in makefile

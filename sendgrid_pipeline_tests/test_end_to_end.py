@@ -266,7 +266,7 @@ def test_brake_stops_a_broken_source_and_the_run_tag_overrides_it(data_dir, sand
 
 
 def test_rows_sendgrid_rejects_warn_by_default_and_fail_when_configured(data_dir, sandbox) -> None:
-    from sendgrid_pipeline.sandbox import FaultPlan
+    from sendgrid_pipeline_tests.devkit.sandbox import FaultPlan
 
     sandbox.set_faults(FaultPlan(reject_email_pattern=r"^a"))  # SendGrid refuses a few rows
     config = load_config(data_dir)

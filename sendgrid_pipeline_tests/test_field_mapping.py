@@ -12,12 +12,12 @@ import yaml
 from sendgrid_pipeline.config import CustomField, Destination, FieldMapping, Segment, load_config
 from sendgrid_pipeline.errors import ConfigError
 from sendgrid_pipeline.pipeline import load_validated_config
-from sendgrid_pipeline.sandbox import SandboxServer
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync
 from sendgrid_pipeline.sync.custom_fields import CustomFieldError, resolve_custom_field_ids
 from sendgrid_pipeline.transform import contact_json, destination_contacts, segment_membership
+from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 from sendgrid_pipeline_tests.helpers import export, step_failure_messages
 
 log = logging.getLogger("field_mapping")

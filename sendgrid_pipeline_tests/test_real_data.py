@@ -12,13 +12,13 @@ import yaml
 
 from sendgrid_pipeline.assets.common import retry_only_transient
 from sendgrid_pipeline.config import load_config
-from sendgrid_pipeline.sandbox import FaultPlan
 from sendgrid_pipeline.sendgrid.errors import (
     ApiErrorDetail,
     SendGridBadRequestError,
     SendGridUnavailableError,
 )
 from sendgrid_pipeline_tests.conftest import REPO_DATA
+from sendgrid_pipeline_tests.devkit.sandbox import FaultPlan
 from sendgrid_pipeline_tests.helpers import export, step_failure_messages
 
 LONG_EMAIL = "l" * 64 + "@" + ".".join(["d" * 61, "e" * 61, "f" * 53]) + ".example.com"

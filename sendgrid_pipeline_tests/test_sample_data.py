@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import yaml
 
-from sendgrid_pipeline.sample_data import (
+from sendgrid_pipeline_tests.devkit.sample_data import (
     PROFILE_SCHEMA,
     SAMPLE_ROWS,
     SAMPLE_SEED,
@@ -181,7 +181,7 @@ def test_cli_writes_the_requested_file(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_committed_sample_matches_the_generator() -> None:
-    """Regenerate with: python -m sendgrid_pipeline.sample_data --rows 3000 --seed 42
+    """Regenerate with: python -m sendgrid_pipeline_tests.devkit.sample_data --rows 3000 --seed 42
 
     Timestamps come from a fractional power of random floats, which numpy computes with
     CPU-specific vector code: the last bit can differ between machines, i.e. a microsecond.

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import requests
 
-from sendgrid_pipeline.sandbox import (
+from sendgrid_pipeline_tests.devkit.sandbox import (
     MAX_UPSERT_BYTES,
     MAX_UPSERT_CONTACTS,
     FaultPlan,
     SandboxServer,
 )
-from sendgrid_pipeline.sandbox import __main__ as sandbox_cli
+from sendgrid_pipeline_tests.devkit.sandbox import __main__ as sandbox_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EU = "3f1c7a52-9f0e-4a57-9d1e-2b7f0c8a1e01"
@@ -403,7 +403,7 @@ def _cli_setup(tmp_path: Path) -> int:
 def test_cli_prints_its_url_and_key_and_serves(tmp_path: Path) -> None:
     port = _cli_setup(tmp_path)
     process = subprocess.Popen(
-        [sys.executable, "-m", "sendgrid_pipeline.sandbox", "--port", str(port)],
+        [sys.executable, "-m", "sendgrid_pipeline_tests.devkit.sandbox", "--port", str(port)],
         cwd=REPO_ROOT,
         env={**os.environ, "SENDGRID_PIPELINE_DATA_DIR": str(tmp_path)},
         stdout=subprocess.PIPE,
@@ -432,7 +432,7 @@ def test_cli_fault_options_inject_faults(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "sendgrid_pipeline.sandbox",
+        "sendgrid_pipeline_tests.devkit.sandbox",
         "--port",
         str(port),
         "--api-key",

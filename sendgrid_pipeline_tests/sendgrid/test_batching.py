@@ -71,8 +71,8 @@ def test_plan_batches_edges() -> None:
 
 def test_the_sandbox_accepts_every_packed_body_at_both_limits() -> None:
     """Real HTTP: full bodies at 30,000 contacts and near 6 MB are accepted, never 413."""
-    from sendgrid_pipeline.sandbox import SandboxServer
     from sendgrid_pipeline.sendgrid.client import SendGridClient
+    from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 
     with SandboxServer(lists={LIST_IDS[0]: "Limits"}, job_delay_seconds=0.01) as sandbox:
         client = SendGridClient(sandbox.api_key, sandbox.base_url, poll_interval_seconds=0.02)

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from urllib3.exceptions import NewConnectionError
 from urllib3.util import parse_url
 
-from sendgrid_pipeline.sandbox import FaultPlan, SandboxServer
 from sendgrid_pipeline.sendgrid.client import SendGridClient, is_loopback, parse_origin
 from sendgrid_pipeline.sendgrid.errors import (
     ApiErrorDetail,
@@ -37,6 +36,7 @@ from sendgrid_pipeline.sendgrid.errors import (
     UnsafeUrlError,
 )
 from sendgrid_pipeline.sendgrid.resource import SendGridResource
+from sendgrid_pipeline_tests.devkit.sandbox import FaultPlan, SandboxServer
 
 KEY = "SG.unit-test-secret-key"
 API = "https://api.sendgrid.com"

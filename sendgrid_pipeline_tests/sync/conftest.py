@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sendgrid_pipeline.sandbox import SandboxServer
+from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 from sendgrid_pipeline_tests.sync.support import LIST_ID
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import polars as pl
 
 from sendgrid_pipeline.config import Destination, FieldMapping
-from sendgrid_pipeline.sandbox import SandboxServer
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
+from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 
 LIST_ID = "5d0c4f2a-8a1b-4c3d-9e8f-0a1b2c3d4e5f"
 DESTINATION = Destination(

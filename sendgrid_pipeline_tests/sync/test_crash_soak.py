@@ -26,10 +26,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from sendgrid_pipeline.sandbox import FaultPlan, SandboxServer
 from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError
 from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
+from sendgrid_pipeline_tests.devkit.sandbox import FaultPlan, SandboxServer
 from sendgrid_pipeline_tests.sync.support import DESTINATION, LIST_ID, fast_client, log
 
 SEEDS = int(os.environ.get("SENDGRID_SOAK_SEEDS", "30"))

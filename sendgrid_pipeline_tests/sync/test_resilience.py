@@ -5,7 +5,6 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from sendgrid_pipeline.sandbox import FaultPlan
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.sendgrid.errors import (
     ApiErrorDetail,
@@ -14,6 +13,7 @@ from sendgrid_pipeline.sendgrid.errors import (
 )
 from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
+from sendgrid_pipeline_tests.devkit.sandbox import FaultPlan
 from sendgrid_pipeline_tests.sync.support import (
     DESTINATION,
     emails,

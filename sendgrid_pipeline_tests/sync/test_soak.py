@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from sendgrid_pipeline.sandbox import FaultPlan, SandboxServer
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError
 from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
+from sendgrid_pipeline_tests.devkit.sandbox import FaultPlan, SandboxServer
 from sendgrid_pipeline_tests.sync.support import DESTINATION, LIST_ID, emails, people
 
 SEEDS = list(range(1, 21))

@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 
 from sendgrid_pipeline.config import FieldMapping
-from sendgrid_pipeline.sandbox import FaultPlan
 from sendgrid_pipeline.sendgrid.errors import SendGridUnavailableError
 from sendgrid_pipeline.state import StateStoreError, SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions, SyncRefused
+from sendgrid_pipeline_tests.devkit.sandbox import FaultPlan
 from sendgrid_pipeline_tests.sync.support import (
     DESTINATION,
     LIST_ID,

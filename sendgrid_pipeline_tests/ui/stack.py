@@ -23,8 +23,8 @@ from typing import Any
 
 import requests
 
-from sendgrid_pipeline.dev import write_instance_config
-from sendgrid_pipeline.sandbox.__main__ import command as sandbox_command
+from sendgrid_pipeline_tests.devkit.dev import write_instance_config
+from sendgrid_pipeline_tests.devkit.sandbox.__main__ import command as sandbox_command
 
 REPO = Path(__file__).resolve().parents[2]
 REPO_DATA = REPO / "data"
@@ -139,7 +139,13 @@ class DagsterDevStack:
         }
         with log.open("wb") as out:
             demo = subprocess.Popen(
-                [sys.executable, "-m", "sendgrid_pipeline.demo", "--data-dir", str(self.data_dir)],
+                [
+                    sys.executable,
+                    "-m",
+                    "sendgrid_pipeline_tests.devkit.demo",
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""`make dev` (sendgrid_pipeline.dev): it serves the UI and the sandbox, and stops all it started.
+"""`make dev` (devkit.dev): it serves the UI and the sandbox, and stops all it started.
 
 A stop that leaves `dagster dev` or its children running would hold the ports and the
 DAGSTER_HOME of the next `make dev`, so each test checks that every descendant is gone.
@@ -69,7 +69,7 @@ def test_dev_serves_ui_and_sandbox_and_stops_everything(
     with log.open("wb") as out:
         dev = subprocess.Popen(
             [
-                *(sys.executable, "-m", "sendgrid_pipeline.dev"),
+                *(sys.executable, "-m", "sendgrid_pipeline_tests.devkit.dev"),
                 *("--sandbox-port", str(sandbox_port), "--ui-port", str(ui_port)),
             ],
             cwd=REPO,

@@ -1,4 +1,4 @@
-"""`python -m sendgrid_pipeline.sandbox`: run the SendGrid emulator until SIGINT or SIGTERM.
+"""Run the SendGrid emulator until SIGINT or SIGTERM (`python -m <this package>`).
 
 It creates the lists named in destinations.yaml and prints the two environment settings a
 pipeline run needs (SENDGRID_BASE_URL, SENDGRID_API_KEY), so a shell or a test can pick them up.
@@ -13,8 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from sendgrid_pipeline.sandbox.faults import SCRIPTED_FAULTS, FaultPlan
-from sendgrid_pipeline.sandbox.server import SandboxServer, require_loopback
+from sendgrid_pipeline_tests.devkit.sandbox.faults import SCRIPTED_FAULTS, FaultPlan
+from sendgrid_pipeline_tests.devkit.sandbox.server import SandboxServer, require_loopback
 
 DATA_DIR_ENV = "SENDGRID_PIPELINE_DATA_DIR"
 
@@ -22,7 +22,7 @@ DATA_DIR_ENV = "SENDGRID_PIPELINE_DATA_DIR"
 def default_destinations_file() -> Path:
     """$SENDGRID_PIPELINE_DATA_DIR/destinations.yaml, else the repository's data/ directory."""
     data_dir = os.environ.get(DATA_DIR_ENV)
-    root = Path(data_dir) if data_dir else Path(__file__).resolve().parents[2] / "data"
+    root = Path(data_dir) if data_dir else Path(__file__).resolve().parents[3] / "data"
     return root / "destinations.yaml"
 
 
@@ -47,7 +47,7 @@ def _script(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sendgrid_pipeline.sandbox",
+        prog="python -m sendgrid_pipeline_tests.devkit.sandbox",
         description="Local emulator of the SendGrid Marketing API (loopback only).",
     )
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -114,7 +114,7 @@ def command(api_key: str, destinations: Path, port: int = 0, job_delay: float = 
     return [
         sys.executable,
         "-m",
-        "sendgrid_pipeline.sandbox",
+        "sendgrid_pipeline_tests.devkit.sandbox",
         "--host",
         "127.0.0.1",
         "--port",

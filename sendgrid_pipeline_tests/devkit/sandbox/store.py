@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sendgrid_pipeline.sandbox.exports import render_errors_csv, render_export
-from sendgrid_pipeline.sandbox.faults import FaultCounts
-from sendgrid_pipeline.sandbox.validation import (
+from sendgrid_pipeline_tests.devkit.sandbox.exports import render_errors_csv, render_export
+from sendgrid_pipeline_tests.devkit.sandbox.faults import FaultCounts
+from sendgrid_pipeline_tests.devkit.sandbox.validation import (
     RESERVED_FIELDS,
     ApiError,
     field_definition_error,

@@ -25,7 +25,7 @@ How each figure is obtained:
 
 The last line printed is one JSON object; everything above it is for people.
 
-    python -m sendgrid_pipeline.bench --profiles 100000
+    python -m sendgrid_pipeline_tests.devkit.bench --profiles 100000
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ import numpy as np
 import polars as pl
 import yaml
 
-from sendgrid_pipeline.sample_data import generate_profiles, write_profiles
-from sendgrid_pipeline.sandbox.__main__ import command as sandbox_command
 from sendgrid_pipeline.sendgrid.batching import BODY_SUFFIX, body_prefix, minimum_batches
+from sendgrid_pipeline_tests.devkit.sample_data import generate_profiles, write_profiles
+from sendgrid_pipeline_tests.devkit.sandbox.__main__ import command as sandbox_command
 
 DESTINATION = "bench"
 LIST_ID = "0b3c5e7a-be9c-4000-8000-00000000be9c"
@@ -186,7 +186,7 @@ def change_profiles(path: Path, share: float, seed: int) -> pl.Series:
 def read_profiles(path: Path) -> pl.DataFrame:
     if path.suffix == ".parquet":
         return pl.read_parquet(path)
-    from sendgrid_pipeline.sample_data import read_profiles_csv
+    from sendgrid_pipeline_tests.devkit.sample_data import read_profiles_csv
 
     return read_profiles_csv(path)
 
@@ -295,7 +295,7 @@ def _interpolate(samples: list[tuple[float, float, int]], at: float) -> float:
 
 # -- the sandbox as its own process -----------------------------------------------------------
 class SandboxProcess:
-    """`python -m sendgrid_pipeline.sandbox` on a free loopback port, stopped on exit."""
+    """The sandbox as its own process on a free loopback port, stopped on exit."""
 
     def __init__(self, destinations: Path, log: Path, job_delay: float) -> None:
         self.command = sandbox_command(API_KEY, destinations, job_delay=job_delay)
@@ -751,7 +751,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sendgrid_pipeline.bench", description=__doc__.splitlines()[0]
+        prog="python -m sendgrid_pipeline_tests.devkit.bench", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--profiles", type=int, default=100_000, help="profiles to generate")
     parser.add_argument("--seed", type=int, default=42)

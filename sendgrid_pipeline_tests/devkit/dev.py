@@ -25,9 +25,9 @@ from pathlib import Path
 import yaml
 
 from sendgrid_pipeline.config import data_dir
-from sendgrid_pipeline.sandbox import SandboxServer
+from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SANDBOX_KEY = "SG.sandbox-local-dev-key"
 HOST = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 180

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sendgrid_pipeline.sandbox.faults import FaultPlan
-from sendgrid_pipeline.sandbox.store import Store, paused_gc
-from sendgrid_pipeline.sandbox.validation import (
+from sendgrid_pipeline_tests.devkit.sandbox.faults import FaultPlan
+from sendgrid_pipeline_tests.devkit.sandbox.store import Store, paused_gc
+from sendgrid_pipeline_tests.devkit.sandbox.validation import (
     MAX_SEARCH_EMAIL_LENGTH,
     MAX_SEARCH_EMAILS,
     MAX_UPSERT_BYTES,

@@ -34,16 +34,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from sendgrid_pipeline.sandbox.api import (
+from sendgrid_pipeline_tests.devkit.sandbox.api import (
     Request,
     Response,
     dispatch,
     error_response,
     json_response,
 )
-from sendgrid_pipeline.sandbox.faults import FaultCounts, FaultInjector, FaultPlan, RateState
-from sendgrid_pipeline.sandbox.store import Store
-from sendgrid_pipeline.sandbox.validation import ApiError, error
+from sendgrid_pipeline_tests.devkit.sandbox.faults import (
+    FaultCounts,
+    FaultInjector,
+    FaultPlan,
+    RateState,
+)
+from sendgrid_pipeline_tests.devkit.sandbox.store import Store
+from sendgrid_pipeline_tests.devkit.sandbox.validation import ApiError, error
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # larger bodies are not even read: 413 and close
 STATS_PATH = "/sandbox/stats"  # GET, no auth: totals of the request log (see SandboxServer.stats)

@@ -27,10 +27,10 @@ from typing import Any, TextIO
 import dagster as dg
 
 from sendgrid_pipeline.config import DATA_DIR_ENV, PipelineConfig, data_dir
-from sendgrid_pipeline.dev import write_instance_config
 from sendgrid_pipeline.errors import ConfigError, ProfileDataError
 from sendgrid_pipeline.pipeline import EXPORT_JOB, build_definitions, load_validated_config
-from sendgrid_pipeline.sandbox import SandboxServer
+from sendgrid_pipeline_tests.devkit.dev import write_instance_config
+from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 
 CONFIG_ERROR_EXIT = 2
 STAGES = {
@@ -130,7 +130,7 @@ class _StageLines(logging.Handler):
 
 @dg.logger(description="One line per stage, for the demo.")
 def stage_logger(_init_context: dg.InitLoggerContext) -> logging.Logger:
-    logger = logging.getLogger("sendgrid_pipeline.demo.stages")
+    logger = logging.getLogger("sendgrid_pipeline_tests.devkit.demo.stages")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     logger.handlers = [_StageLines(sys.stdout)]

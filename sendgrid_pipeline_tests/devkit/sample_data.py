@@ -8,13 +8,15 @@ addresses, nulls, first names longer than SendGrid accepts).
 Everything is drawn with numpy/polars array operations (no per-row Python), so a million rows
 take a few seconds, and a seed always gives the same frame.
 
-    python -m sendgrid_pipeline.sample_data --rows 3000 --seed 42 --out data/profiles/profiles.csv
+    python -m sendgrid_pipeline_tests.devkit.sample_data --rows 3000 --seed 42 \
+        --out data/profiles/profiles.csv
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "data" / "profiles" / "profiles.csv"
 SAMPLE_ROWS = 3000
 SAMPLE_SEED = 42
@@ -81,405 +83,15 @@ _US_PER_DAY = 86_400_000_000
 _EPOCH = dt.date(1970, 1, 1)
 
 # ----------------------------------------------------------------------------------------------
-# Reference data. Names are "Display" or "Display=romanization" (for scripts that do not fold to
-# ASCII); the email local part uses the ASCII-folded form.
-
-_LOCALE_NAMES: dict[str, tuple[str, str]] = {
-    "fr": (
-        "Jean, Marie, Pierre, Chloé, François, Hélène, Léa, Amélie, Camille, Théo, Louis, Inès, "
-        "Océane, Jérôme, Anaïs, Benoît, Cécile, Gaëlle, Noël, Zoë, Élodie, Clément, Manon, "
-        "Nicolas, Sophie, Thomas, Julie, Antoine, Margaux, Jean-Baptiste, Maëlys, Loïc",
-        "Martin, Bernard, Dubois, Thomas, Robert, Richard, Petit, Durand, Leroy, Moreau, Simon, "
-        "Laurent, Lefèvre, Michel, Garcia, David, Bertrand, Roux, Vincent, Fournier, Morel, "
-        "Girard, André, Mercier, Dupont, Lambert, Bonnet, François, Fontaine, Chevalier, "
-        "Rousseau, Gauthier, Perrin, Crépin, Bénard, Lemaître",
-    ),
-    "de": (
-        "Jürgen, Lukas, Leon, Maximilian, Felix, Jonas, Paul, Anna, Lena, Hannah, Sophie, Jörg, "
-        "Björn, Günter, Uwe, Sabine, Ursula, Katharina, Dörte, Käthe, Matthias, Stefan, "
-        "Andreas, Claudia, Birgit, Sören, Tobias, Nele, Emma, Mia, Jürgen-Peter",
-        "Müller, Schmidt, Schneider, Fischer, Weber, Meyer, Wagner, Becker, Schulz, Hoffmann, "
-        "Schäfer, Koch, Bauer, Richter, Klein, Wolf, Schröder, Neumann, Schwarz, Zimmermann, "
-        "Braun, Krüger, Hartmann, Lange, Schmitt, Werner, Krause, Köhler, Weiß, Groß, Vogel, "
-        "Jäger, Böhm, von Bülow",
-    ),
-    "es": (
-        "José, María, Carmen, Lucía, Martín, Sofía, Álvaro, Javier, Alejandro, Ana, Pablo, "
-        "Isabel, Raúl, Inés, Íñigo, Nuria, Jesús, Mónica, Sergio, Elena, David, Laura, Marta, "
-        "Andrés, Begoña, Ángel, María José",
-        "García, Rodríguez, González, Fernández, López, Martínez, Sánchez, Pérez, Gómez, Martín, "
-        "Jiménez, Ruiz, Hernández, Díaz, Moreno, Muñoz, Álvarez, Romero, Alonso, Gutiérrez, "
-        "Navarro, Torres, Domínguez, Vázquez, Ramos, Gil, Ramírez, Serrano, Blanco, Molina, "
-        "Castillo, Ortega, Núñez, de la Fuente, Iglesias",
-    ),
-    "it": (
-        "Giuseppe, Giovanni, Francesco, Luca, Marco, Alessandro, Andrea, Matteo, Lorenzo, "
-        "Giulia, Francesca, Chiara, Sara, Martina, Federica, Niccolò, Elena, Alessia, Valentina, "
-        "Gabriele, Davide, Simone, Paola, Lucrezia",
-        "Rossi, Russo, Ferrari, Esposito, Bianchi, Romano, Colombo, Ricci, Marino, Greco, "
-        "Bruno, Gallo, Conti, De Luca, Mancini, Costa, Giordano, Rizzo, Lombardi, Moretti, "
-        "Barbieri, Fontana, Santoro, Mariani, Rinaldi, Caruso, D'Angelo, Ferrara, Galli, "
-        "Martinelli, Leone, Longo, Gentile, Fabbri, Cattaneo",
-    ),
-    "pl": (
-        "Łukasz, Jakub, Kacper, Piotr, Krzysztof, Tomasz, Paweł, Michał, Marcin, Grzegorz, "
-        "Wojciech, Anna, Katarzyna, Małgorzata, Agnieszka, Magdalena, Joanna, Zofia, Agata, "
-        "Monika, Barbara, Ewa, Żaneta, Bożena, Jędrzej, Łucja",
-        "Nowak, Kowalski, Kowalska, Wiśniewski, Wiśniewska, Wójcik, Kowalczyk, Kamiński, "
-        "Lewandowski, Zieliński, Szymański, Woźniak, Dąbrowski, Kozłowski, Jankowski, Mazur, "
-        "Kwiatkowski, Krawczyk, Piotrowski, Grabowski, Pawłowski, Michalski, Nowicki, Adamczyk, "
-        "Dudek, Zając, Wieczorek, Jabłoński, Król, Majewski, Olszewski, Wróbel, Stępień, Górski",
-    ),
-    "pt": (
-        "João, José, António, Francisco, Tiago, Gonçalo, Rodrigo, Duarte, Inês, Beatriz, "
-        "Mariana, Leonor, Matilde, Conceição, Lúcia, Sebastião, Luís, Maria, Ana, Catarina, Rui",
-        "Silva, Santos, Ferreira, Pereira, Oliveira, Costa, Rodrigues, Martins, Jesus, Sousa, "
-        "Fernandes, Gonçalves, Gomes, Lopes, Marques, Alves, Almeida, Ribeiro, Pinto, Carvalho, "
-        "Teixeira, Moreira, Correia, Mendes, Nunes, Soares, Vieira, Monteiro, Cardoso, Rocha, "
-        "Magalhães, Guimarães, Simões, Brandão, Falcão",
-    ),
-    "br": (
-        "Miguel, Arthur, Heitor, Théo, Davi, Gabriel, Bernardo, Samuel, Helena, Alice, Laura, "
-        "Valentina, Heloísa, Lívia, Cecília, Maitê, Luíza, Thiago, João Pedro, Ana Clara, "
-        "Vitória, Yasmin, Kauã, Enzo",
-        "Silva, Santos, Oliveira, Souza, Rodrigues, Ferreira, Alves, Pereira, Lima, Gomes, "
-        "Costa, Ribeiro, Martins, Carvalho, Araújo, Barbosa, Cavalcanti, Nascimento, Batista, "
-        "Freitas, Dias, Castro, Campos, Magalhães",
-    ),
-    "ga": (
-        "Seán, Siobhán, Niamh, Aoife, Ciarán, Oisín, Saoirse, Caoimhe, Pádraig, Róisín, Conor, "
-        "Liam, Cian, Darragh, Aisling, Eimear, Fionnuala, Éanna, Orla, Sinéad, Dónal, Cathal",
-        "Murphy, Kelly, O'Sullivan, Walsh, O'Brien, Byrne, Ryan, O'Connor, O'Neill, O'Reilly, "
-        "Doyle, McCarthy, Gallagher, Ó Briain, Ó Súilleabháin, Mac Giolla Phádraig, Ní Bhriain, "
-        "Kennedy, Lynch, Quinn, McLoughlin, Ó Ceallaigh, Fitzgerald, Brennan",
-    ),
-    "en": (
-        "James, Oliver, Jack, Harry, George, Noah, Charlie, William, Olivia, Amelia, Isla, Ava, "
-        "Emily, Grace, Chloe, Emma, Michael, Robert, John, Jennifer, Linda, Elizabeth, Sarah, "
-        "Jessica, Daniel, Matthew, Ashley, Zoë, Renée, Chloë, Mary-Kate",
-        "Smith, Jones, Williams, Taylor, Brown, Davies, Evans, Wilson, Johnson, Roberts, "
-        "Robinson, Wright, Thompson, Walker, White, Edwards, Hughes, Green, Hall, Wood, Harris, "
-        "Lewis, Jackson, Clarke, Miller, Davis, Anderson, Moore, Lee, Clark, McDonald, Campbell, "
-        "Stewart, Ferguson-Smith, St. John",
-    ),
-    "nordic": (
-        "Søren, Bjørn, Åsa, Astrid, Freja, Ingrid, Sigrid, Lars, Magnus, Mikkel, Jens, Kirsten, "
-        "Mette, Øystein, Torbjörn, Linnéa, Henrik",
-        "Jensen, Nielsen, Hansen, Pedersen, Andersen, Christensen, Larsen, Sørensen, Rasmussen, "
-        "Mikkelsen, Ødegaard, Johansson, Andersson, Lindström, Åberg, Bergström, Halvorsen",
-    ),
-    "vi": (
-        "Minh, Anh, Huy, Linh, Trang, Phương, Thảo, Tuấn, Dũng, Hương, Quang, Ngọc, Thu, Bảo, "
-        "Hải, Long",
-        "Nguyễn, Trần, Lê, Phạm, Hoàng, Huỳnh, Phan, Vũ, Võ, Đặng, Bùi, Đỗ, Hồ, Ngô, Dương",
-    ),
-    "ja": (
-        "太郎=Taro, 花子=Hanako, 翔=Sho, 陽翔=Haruto, 結衣=Yui, 陽菜=Hina, 蓮=Ren, 美咲=Misaki, "
-        "大輔=Daisuke, 健太=Kenta, Yuki, Haruka, Takumi, Sakura, Kenji, Aiko",
-        "山田=Yamada, 佐藤=Sato, 鈴木=Suzuki, 高橋=Takahashi, 田中=Tanaka, 伊藤=Ito, "
-        "渡辺=Watanabe, 中村=Nakamura, 小林=Kobayashi, 加藤=Kato, Yamamoto, Sasaki, Matsumoto, "
-        "Inoue, Kimura",
-    ),
-}
-
-# Over SendGrid's 50-character first_name limit: whole names typed into the first-name field.
-_LONG_FIRST_NAMES = (
-    "María de los Ángeles Guadalupe Concepción Inmaculada Esperanza",
-    "Jean-Baptiste Marie Joseph Emmanuel Alexandre François-Xavier",
-    "Wolfgang Amadeus Johann Chrysostomus Theophilus Maximilian Georg",
-    "Pedro de Alcântara Francisco António João Carlos Xavier de Paula",
-    "Anna Maria Katarzyna Małgorzata Aleksandra Zofia Bożena Helena",
-    "Siobhán Máire Caitríona Bríd Treasa Nuala Gráinne Eibhlín Ní Bhriain",
-)
-
-# code: (English name, weight, {locale: weight}, cities). A city is
-# (name, state/province/region or None, "|"-separated postal templates, weight) where the
-# templates use # = digit, @ = postcode letter, * = Eircode character.
-_COUNTRIES: dict[str, tuple[str, float, dict[str, float], list[tuple]]] = {
-    "FR": (
-        "France",
-        14,
-        {"fr": 88, "es": 3, "pt": 3, "it": 2, "vi": 2, "en": 2},
-        [
-            ("Paris", "Île-de-France", "7500#|7501#|75020", 20),
-            ("Marseille", "Provence-Alpes-Côte d'Azur", "1300#|1301#", 8),
-            ("Lyon", "Auvergne-Rhône-Alpes", "6900#", 8),
-            ("Toulouse", "Occitanie", "31000|31100|31200|31300|31400|31500", 6),
-            ("Nice", "Provence-Alpes-Côte d'Azur", "06000|06100|06200|06300", 5),
-            ("Nantes", "Pays de la Loire", "44000|44100|44200|44300", 5),
-            ("Bordeaux", "Nouvelle-Aquitaine", "33000|33100|33200|33300|33800", 5),
-            ("Strasbourg", "Grand Est", "67000|67100|67200", 4),
-            ("Montpellier", "Occitanie", "34000|34070|34080|34090", 4),
-            ("Lille", "Hauts-de-France", "59000|59160|59260|59800", 4),
-            ("Rennes", "Bretagne", "35000|35200|35700", 3),
-            ("Saint-Étienne", "Auvergne-Rhône-Alpes", "42000|42100", 2),
-            ("Annecy", "Auvergne-Rhône-Alpes", "74000|74370|74600|74940", 2),
-            ("Bourg-en-Bresse", "Auvergne-Rhône-Alpes", "01000", 1),
-            ("Antibes", "Provence-Alpes-Côte d'Azur", "06600|06160", 1),
-            ("Saint-Quentin", "Hauts-de-France", "02100", 1),
-            ("Besançon", "Bourgogne-Franche-Comté", "25000", 1),
-            ("Ajaccio", "Corse", "20000|20090", 1),
-        ],
-    ),
-    "DE": (
-        "Germany",
-        11,
-        {"de": 85, "pl": 6, "it": 3, "nordic": 3, "en": 3},
-        [
-            ("Berlin", "Berlin", "101##|104##|109##|120##|130##", 18),
-            ("Hamburg", "Hamburg", "200##|203##|220##|227##", 9),
-            ("München", "Bayern", "803##|804##|806##|807##|813##", 8),
-            ("Köln", "Nordrhein-Westfalen", "506##|507##|508##|509##", 6),
-            ("Frankfurt am Main", "Hessen", "603##|604##|605##", 5),
-            ("Stuttgart", "Baden-Württemberg", "701##", 4),
-            ("Düsseldorf", "Nordrhein-Westfalen", "402##", 4),
-            ("Leipzig", "Sachsen", "041##|042##|043##", 4),
-            ("Dresden", "Sachsen", "010##|011##|013##", 3),
-            ("Nürnberg", "Bayern", "904##", 3),
-            ("Hannover", "Niedersachsen", "301##", 3),
-            ("Bremen", "Bremen", "281##|282##", 2),
-            ("Chemnitz", "Sachsen", "091##", 1),
-            ("Erfurt", "Thüringen", "990##", 1),
-            ("Kiel", "Schleswig-Holstein", "241##", 1),
-        ],
-    ),
-    "ES": (
-        "Spain",
-        6,
-        {"es": 90, "fr": 3, "en": 3, "pt": 2, "it": 2},
-        [
-            ("Madrid", "Comunidad de Madrid", "280##", 20),
-            ("Barcelona", "Cataluña", "080##", 15),
-            ("Valencia", "Comunitat Valenciana", "460##", 7),
-            ("Sevilla", "Andalucía", "410##", 6),
-            ("Zaragoza", "Aragón", "500##", 4),
-            ("Málaga", "Andalucía", "290##", 4),
-            ("Bilbao", "País Vasco", "480##", 4),
-            ("Alicante", "Comunitat Valenciana", "030##", 3),
-            ("A Coruña", "Galicia", "150##", 2),
-            ("Palma", "Illes Balears", "070##", 2),
-            ("Las Palmas de Gran Canaria", "Canarias", "350##", 2),
-            ("Valladolid", "Castilla y León", "470##", 2),
-            ("Almería", "Andalucía", "040##", 1),
-        ],
-    ),
-    "IT": (
-        "Italy",
-        5,
-        {"it": 92, "es": 3, "fr": 2, "en": 3},
-        [
-            ("Roma", "Lazio", "001##", 18),
-            ("Milano", "Lombardia", "201##", 16),
-            ("Napoli", "Campania", "801##", 8),
-            ("Torino", "Piemonte", "101##", 7),
-            ("Palermo", "Sicilia", "901##", 5),
-            ("Genova", "Liguria", "161##", 4),
-            ("Bologna", "Emilia-Romagna", "401##", 4),
-            ("Firenze", "Toscana", "501##", 4),
-            ("Bari", "Puglia", "701##", 3),
-            ("Venezia", "Veneto", "301##", 3),
-            ("Verona", "Veneto", "371##", 2),
-            ("Cagliari", "Sardegna", "091##", 1),
-            ("Trieste", "Friuli-Venezia Giulia", "341##", 1),
-            ("Aosta", "Valle d'Aosta", "11100", 1),
-        ],
-    ),
-    "PL": (
-        "Poland",
-        3,
-        {"pl": 95, "de": 3, "en": 2},
-        [
-            ("Warszawa", "mazowieckie", "00-###|01-###|02-###|03-###|04-###", 25),
-            ("Kraków", "małopolskie", "30-###|31-###", 10),
-            ("Łódź", "łódzkie", "90-###|91-###|93-###|94-###", 8),
-            ("Wrocław", "dolnośląskie", "50-###|51-###|52-###|53-###|54-###", 8),
-            ("Poznań", "wielkopolskie", "60-###|61-###", 7),
-            ("Gdańsk", "pomorskie", "80-###", 6),
-            ("Szczecin", "zachodniopomorskie", "70-###|71-###", 4),
-            ("Bydgoszcz", "kujawsko-pomorskie", "85-###", 3),
-            ("Lublin", "lubelskie", "20-###", 3),
-            ("Katowice", "śląskie", "40-###", 3),
-            ("Białystok", "podlaskie", "15-###", 2),
-            ("Rzeszów", "podkarpackie", "35-###", 2),
-        ],
-    ),
-    "PT": (
-        "Portugal",
-        3,
-        {"pt": 90, "br": 5, "es": 3, "fr": 2},
-        [
-            ("Lisboa", "Lisboa", "1000-###|1050-###|1100-###|1200-###|1600-###|1700-###", 30),
-            ("Porto", "Porto", "4000-###|4050-###|4100-###|4150-###|4200-###|4250-###", 18),
-            ("Vila Nova de Gaia", "Porto", "4400-###|4430-###", 6),
-            ("Braga", "Braga", "4700-###|4710-###|4715-###", 6),
-            ("Coimbra", "Coimbra", "3000-###|3030-###", 5),
-            ("Setúbal", "Setúbal", "2900-###|2910-###", 4),
-            ("Faro", "Faro", "8000-###|8005-###", 3),
-            ("Aveiro", "Aveiro", "3800-###|3810-###", 3),
-            ("Funchal", "Madeira", "9000-###|9004-###|9020-###|9050-###", 3),
-            ("Évora", "Évora", "7000-###|7005-###", 2),
-        ],
-    ),
-    "IE": (
-        "Ireland",
-        3,
-        {"ga": 75, "en": 15, "pl": 7, "pt": 3},
-        [
-            ("Dublin", None, "D01 ****|D02 ****|D04 ****|D08 ****|D15 ****|D24 ****|D6W ****", 45),
-            ("Cork", None, "T12 ****|T23 ****", 15),
-            ("Galway", None, "H91 ****", 8),
-            ("Limerick", None, "V94 ****", 7),
-            ("Waterford", None, "X91 ****", 4),
-            ("Drogheda", None, "A92 ****", 3),
-            ("Kilkenny", None, "R95 ****", 2),
-            ("Sligo", None, "F91 ****", 2),
-        ],
-    ),
-    "GB": (
-        "United Kingdom",
-        14,
-        {"en": 80, "ga": 5, "pl": 5, "fr": 3, "it": 2, "nordic": 2, "vi": 3},
-        [
-            (
-                "London",
-                None,
-                "SW1A #@@|SW1# #@@|SE1 #@@|EC1A #@@|EC2# #@@|W1D #@@|W1# #@@|N1 #@@|N7 #@@|"
-                "E1 #@@|E14 #@@|NW1 #@@|SW11 #@@",
-                35,
-            ),
-            ("Manchester", None, "M1 #@@|M4 #@@|M14 #@@|M20 #@@", 8),
-            ("Birmingham", None, "B1 #@@|B5 #@@|B15 #@@", 8),
-            ("Leeds", None, "LS1 #@@|LS6 #@@", 5),
-            ("Glasgow", None, "G1 #@@|G2 #@@|G12 #@@", 5),
-            ("Edinburgh", None, "EH1 #@@|EH3 #@@|EH8 #@@", 5),
-            ("Bristol", None, "BS1 #@@|BS8 #@@", 4),
-            ("Liverpool", None, "L1 #@@|L8 #@@|L17 #@@", 4),
-            ("Cardiff", None, "CF10 #@@|CF24 #@@", 3),
-            ("Belfast", None, "BT1 #@@|BT7 #@@|BT9 #@@", 3),
-            ("Sheffield", None, "S1 #@@|S10 #@@", 3),
-            ("Newcastle upon Tyne", None, "NE1 #@@|NE6 #@@", 3),
-            ("Brighton", None, "BN1 #@@|BN2 #@@", 2),
-            ("Oxford", None, "OX1 #@@|OX4 #@@", 2),
-            ("Cambridge", None, "CB1 #@@|CB2 #@@", 2),
-        ],
-    ),
-    "US": (
-        "United States",
-        24,
-        {"en": 70, "es": 15, "vi": 5, "ga": 3, "it": 3, "de": 2, "ja": 2},
-        [
-            ("New York", "NY", "100##|101##|112##", 14),
-            ("Los Angeles", "CA", "900##", 10),
-            ("Chicago", "IL", "606##", 8),
-            ("Houston", "TX", "770##", 6),
-            ("San Francisco", "CA", "941##", 5),
-            ("Seattle", "WA", "981##", 5),
-            ("Boston", "MA", "021##", 5),
-            ("Phoenix", "AZ", "850##", 4),
-            ("Philadelphia", "PA", "191##", 4),
-            ("Dallas", "TX", "752##", 4),
-            ("Austin", "TX", "787##", 4),
-            ("Miami", "FL", "331##", 4),
-            ("Atlanta", "GA", "303##", 4),
-            ("San Diego", "CA", "921##", 3),
-            ("Denver", "CO", "802##", 3),
-            ("Portland", "OR", "972##", 3),
-            ("Newark", "NJ", "071##", 2),
-            ("Hartford", "CT", "061##", 1),
-            ("Providence", "RI", "029##", 1),
-            ("Burlington", "VT", "054##", 1),
-        ],
-    ),
-    "CA": (
-        "Canada",
-        7,
-        {"en": 60, "fr": 30, "vi": 3, "ga": 3, "it": 2, "ja": 2},
-        [
-            ("Toronto", "ON", "M5V #@#|M4C #@#|M6G #@#|M5H #@#", 25),
-            ("Montréal", "QC", "H2X #@#|H3A #@#|H2T #@#|H4A #@#", 18),
-            ("Vancouver", "BC", "V6B #@#|V5K #@#|V6K #@#", 12),
-            ("Calgary", "AB", "T2P #@#|T3A #@#", 8),
-            ("Ottawa", "ON", "K1P #@#|K2P #@#|K1N #@#", 8),
-            ("Edmonton", "AB", "T5J #@#|T6E #@#", 6),
-            ("Québec", "QC", "G1R #@#|G1K #@#", 5),
-            ("Winnipeg", "MB", "R3C #@#|R3T #@#", 4),
-            ("Halifax", "NS", "B3H #@#|B3J #@#", 3),
-            ("Saskatoon", "SK", "S7K #@#", 2),
-            ("St. John's", "NL", "A1C #@#", 1),
-        ],
-    ),
-    "BR": (
-        "Brazil",
-        6,
-        {"br": 80, "pt": 10, "it": 5, "ja": 3, "de": 2},
-        [
-            ("São Paulo", "SP", "01###-###|02###-###|03###-###|04###-###|05###-###", 30),
-            ("Rio de Janeiro", "RJ", "20###-###|21###-###|22###-###|23###-###", 18),
-            ("Belo Horizonte", "MG", "30###-###|31###-###", 8),
-            ("Brasília", "DF", "70###-###|71###-###|72###-###", 8),
-            ("Salvador", "BA", "40###-###|41###-###", 6),
-            ("Fortaleza", "CE", "60###-###", 5),
-            ("Curitiba", "PR", "80###-###|81###-###", 5),
-            ("Recife", "PE", "50###-###", 5),
-            ("Porto Alegre", "RS", "90###-###|91###-###", 5),
-            ("Manaus", "AM", "69###-###", 3),
-            ("Florianópolis", "SC", "88###-###", 2),
-        ],
-    ),
-    "JP": (
-        "Japan",
-        4,
-        {"ja": 95, "en": 3, "vi": 2},
-        [
-            ("Tokyo", "Tokyo", "10#-####|11#-####|13#-####|15#-####|16#-####", 35),
-            ("Osaka", "Osaka", "53#-####|54#-####|55#-####", 12),
-            ("Yokohama", "Kanagawa", "22#-####|23#-####", 10),
-            ("Nagoya", "Aichi", "45#-####|46#-####", 8),
-            ("Sapporo", "Hokkaido", "060-####|062-####|064-####", 6),
-            ("Fukuoka", "Fukuoka", "81#-####", 6),
-            ("Kyoto", "Kyoto", "60#-####", 6),
-            ("Kobe", "Hyogo", "65#-####", 5),
-            ("Kawasaki", "Kanagawa", "21#-####", 4),
-            ("Sendai", "Miyagi", "98#-####", 4),
-            ("Hiroshima", "Hiroshima", "73#-####", 3),
-            ("Aomori", "Aomori", "030-####|038-####", 1),
-        ],
-    ),
-}
-
-_GLOBAL_DOMAINS = {
-    "gmail.com": 40,
-    "outlook.com": 8,
-    "hotmail.com": 7,
-    "yahoo.com": 5,
-    "icloud.com": 5,
-    "proton.me": 1,
-}
-# Work addresses at (reserved, undeliverable) company domains.
-_COMPANY_DOMAINS = {
-    "example.com": 2,
-    "example.org": 1,
-    "acme.example": 1,
-    "globex.example": 1,
-    "initech.example": 1,
-    "umbrella-corp.example": 1,
-}
-_LOCAL_DOMAINS: dict[str, dict[str, float]] = {
-    "FR": {"orange.fr": 10, "free.fr": 7, "yahoo.fr": 5, "hotmail.fr": 5, "sfr.fr": 4,
-           "laposte.net": 4, "wanadoo.fr": 2},
-    "DE": {"web.de": 12, "gmx.de": 12, "t-online.de": 7, "gmx.net": 4, "freenet.de": 2,
-           "posteo.de": 1},
-    "ES": {"hotmail.es": 8, "yahoo.es": 5, "telefonica.net": 2},
-    "IT": {"libero.it": 9, "virgilio.it": 4, "yahoo.it": 4, "alice.it": 3, "tiscali.it": 2},
-    "PL": {"wp.pl": 9, "onet.pl": 7, "o2.pl": 5, "interia.pl": 5},
-    "PT": {"sapo.pt": 10, "netcabo.pt": 2},
-    "IE": {"eircom.net": 5, "yahoo.ie": 2},
-    "GB": {"btinternet.com": 6, "yahoo.co.uk": 6, "hotmail.co.uk": 6, "sky.com": 4},
-    "US": {"aol.com": 4, "comcast.net": 4, "verizon.net": 2, "att.net": 2},
-    "CA": {"rogers.com": 4, "shaw.ca": 3, "sympatico.ca": 2, "videotron.ca": 2},
-    "BR": {"uol.com.br": 6, "yahoo.com.br": 4, "bol.com.br": 4, "terra.com.br": 3},
-    "JP": {"yahoo.co.jp": 10, "docomo.ne.jp": 5, "ezweb.ne.jp": 3},
-}  # fmt: skip
+# Reference data (names per locale, countries with cities and postal templates, email
+# domains) lives in a data file beside this module; its "_comment" entry explains each part.
+_REFERENCE = json.loads((Path(__file__).with_name("reference_data.json")).read_text("utf-8"))
+_LOCALE_NAMES: dict[str, list[str]] = _REFERENCE["locale_names"]
+_LONG_FIRST_NAMES: list[str] = _REFERENCE["long_first_names"]
+_COUNTRIES: dict[str, list] = _REFERENCE["countries"]
+_GLOBAL_DOMAINS: dict[str, float] = _REFERENCE["global_domains"]
+_COMPANY_DOMAINS: dict[str, float] = _REFERENCE["company_domains"]
+_LOCAL_DOMAINS: dict[str, dict[str, float]] = _REFERENCE["local_domains"]
 
 # Local part patterns: first.last (the norm), firstlast, f.last, first_last, last.first.
 _PATTERN_WEIGHTS = [70, 8, 8, 7, 7]
@@ -944,7 +556,7 @@ def read_profiles_csv(path: Path | str) -> pl.DataFrame:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: generate profiles and write them to --out."""
     parser = argparse.ArgumentParser(
-        prog="python -m sendgrid_pipeline.sample_data",
+        prog="python -m sendgrid_pipeline_tests.devkit.sample_data",
         description="Generate synthetic unified customer profiles (CSV or Parquet).",
     )
     parser.add_argument(
