@@ -24,7 +24,7 @@ def test_the_wheel_holds_the_product_and_no_http_server(tmp_path: Path) -> None:
         REPO,
         source,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", "build", "*.egg-info", "__pycache__", "data"
+            ".venv", ".git", ".dagster*", "artifacts", "build", "*.egg-info", "__pycache__", "data"
         ),
     )
     subprocess.run(
