@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from sendgrid_pipeline_tests.devkit.sandbox.faults import SCRIPTED_FAULTS, FaultPlan
+from sendgrid_pipeline_tests.devkit.sandbox.latency import PRESETS, LatencyModel
 from sendgrid_pipeline_tests.devkit.sandbox.server import SandboxServer, require_loopback
 
 DATA_DIR_ENV = "SENDGRID_PIPELINE_DATA_DIR"
@@ -41,6 +42,13 @@ def _codes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError("expected comma-separated codes, e.g. 500,503") from None
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError("expected NAME=VALUE, e.g. job_workers=4")
+    return name.strip(), value.strip()
+
+
 def _script(text: str) -> list[str]:
     return [step.strip() for step in text.split(",") if step.strip()]
 
@@ -59,7 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
         "or data/destinations.yaml)",
     )
     parser.add_argument("--api-key", help="the key clients must send (default: a random one)")
-    parser.add_argument("--job-delay", type=float, default=0.05, help="seconds a job stays pending")
+    parser.add_argument(
+        "--job-delay",
+        type=float,
+        default=0.05,
+        help="seconds a job stays pending (the fixed latency model)",
+    )
+    timing = parser.add_argument_group("timing (docs/BENCHMARKS.md: the latency model)")
+    timing.add_argument(
+        "--latency",
+        choices=PRESETS,
+        default="fixed",
+        help="fixed: every job pending --job-delay seconds, nothing else slowed (default); "
+        "realistic: job time by size, the account's queue, round trips, per-endpoint rate "
+        "limits and lagging list counts",
+    )
+    timing.add_argument(
+        "--latency-set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one parameter of the model, e.g. job_workers=4 (repeatable)",
+    )
     faults = parser.add_argument_group("faults (all off by default)")
     faults.add_argument(
         "--fault-rate-limit",
@@ -109,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command(api_key: str, destinations: Path, port: int = 0, job_delay: float = 0.05) -> list[str]:
+def command(
+    api_key: str,
+    destinations: Path,
+    port: int = 0,
+    job_delay: float = 0.05,
+    latency: str = "fixed",
+) -> list[str]:
     """The command line that starts this sandbox as its own process on loopback."""
     return [
         sys.executable,
@@ -125,6 +161,8 @@ def command(api_key: str, destinations: Path, port: int = 0, job_delay: float = 
         str(destinations),
         "--job-delay",
         str(job_delay),
+        "--latency",
+        latency,
     ]
 
 
@@ -147,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             scripted=args.fault_script,
             seed=args.fault_seed,
         )
+        latency = LatencyModel.from_preset(args.latency, args.job_delay).with_changes(
+            dict(args.latency_set)
+        )
     except ValueError as problem:
         parser.error(str(problem))
 
@@ -166,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         job_delay_seconds=args.job_delay,
         faults=plan,
+        latency=latency,
     )
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import secrets
 import socket
@@ -47,11 +48,17 @@ from sendgrid_pipeline_tests.devkit.sandbox.faults import (
     FaultPlan,
     RateState,
 )
+from sendgrid_pipeline_tests.devkit.sandbox.latency import (
+    EndpointLimits,
+    LatencyModel,
+    request_kind,
+)
 from sendgrid_pipeline_tests.devkit.sandbox.store import Store
 from sendgrid_pipeline_tests.devkit.sandbox.validation import ApiError, error
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # larger bodies are not even read: 413 and close
 STATS_PATH = "/sandbox/stats"  # GET, no auth: totals of the request log (see SandboxServer.stats)
+LATENCY_PATH = "/sandbox/latency"  # GET/PUT, no auth: the timing model (see set_latency)
 UPSERT_PATH = "/v3/marketing/contacts"
 REVOKED_MESSAGE = "The provided authorization grant is invalid, expired, or revoked"
 APPLY_SLICE_CONTACTS = 2000  # contacts applied per store-lock hold by the background thread
@@ -77,6 +84,9 @@ class RequestRecord:
     time: float  # Unix epoch seconds when it arrived
     fault: str | None = None  # the injected fault, if any
     seconds: float = 0.0  # spent reading, checking and applying it, before the answer is written
+    kind: str = "other"  # latency.request_kind: upsert, job_status, search_emails, remove...
+    # The answer tells the client to come back later: a pending job or export, or a 429.
+    wait_hint: bool = False
 
 
 def require_loopback(host: str) -> None:
@@ -99,6 +109,38 @@ class _Outcome:
     fault: str | None = None
 
 
+def _asks_to_wait(kind: str, response: Response | None) -> bool:
+    """True for an answer after which a client can only wait: 429, or a job still pending."""
+    if response is None:
+        return False
+    if response.status == 429:
+        return True
+    return (
+        kind in ("job_status", "export_status")
+        and response.status == 200
+        and b'"status":"pending"' in response.body
+    )
+
+
+def waiting_seconds(requests: list[RequestRecord]) -> float:
+    """Seconds a client spent waiting on the sandbox, as seen from the sandbox.
+
+    The time it took to answer each request (the modelled round trip included), plus the
+    time from an answer that asked the client to wait (a pending job, a 429) to the client's
+    next request: the client's poll interval or back-off. It assumes one client at a time,
+    as in a benchmark; the gap before a client's next request can include a little of its
+    own work, so this is an upper bound of the time that was waiting only.
+    """
+    total = 0.0
+    ordered = sorted(requests, key=lambda r: r.time)
+    for index, record in enumerate(ordered):
+        total += record.seconds
+        if record.wait_hint and index + 1 < len(ordered):
+            answered = record.time + record.seconds
+            total += max(0.0, ordered[index + 1].time - answered)
+    return total
+
+
 def _too_many_requests() -> Response:
     return error_response(429, [error(None, "too many requests")])
 
@@ -115,8 +157,13 @@ def _s3_error(status: int, code: str, message: str) -> Response:
 class _Store(Store):
     """The account, handing out download links on the storage listener instead of the API."""
 
-    def __init__(self, job_delay_seconds: float, fault_counts: FaultCounts) -> None:
-        super().__init__(job_delay_seconds, fault_counts)
+    def __init__(
+        self,
+        job_delay_seconds: float,
+        fault_counts: FaultCounts,
+        latency: LatencyModel | None = None,
+    ) -> None:
+        super().__init__(job_delay_seconds, fault_counts, latency)
         self.storage_url = ""  # set once the storage listener knows its port
 
     def _on_storage(self, url: str) -> str:
@@ -191,8 +238,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         sandbox = self.server.sandbox
+        # The modelled round trip is spent outside _answering: the sandbox's background
+        # work goes on meanwhile, as SendGrid's does while an answer travels.
+        delay = 0.0 if self.server.storage else sandbox._request_delay(self.path)
+        if delay:
+            time.sleep(delay)
         with sandbox._answering():
-            sandbox._handle(self)
+            sandbox._handle(self, delay)
 
     do_PUT = do_POST = do_DELETE = do_PATCH = do_GET
 
@@ -229,7 +281,9 @@ class SandboxServer:
         port: int = 0,
         job_delay_seconds: float = 0.05,
         faults: FaultPlan | None = None,
+        latency: LatencyModel | None = None,
     ) -> None:
+        """`latency` (see latency.py) replaces `job_delay_seconds` when given."""
         require_loopback(host)
         self.api_key = api_key or f"SG.sandbox-{secrets.token_hex(16)}"
         self.revoked_keys: set[str] = set()
@@ -238,7 +292,8 @@ class SandboxServer:
         self.port = port
         self._fault_counts = FaultCounts()
         self._injector = FaultInjector(faults or FaultPlan())
-        self._store = _Store(job_delay_seconds, self._fault_counts)
+        self._store = _Store(job_delay_seconds, self._fault_counts, latency)
+        self._limits = EndpointLimits(self._store.latency)
         self._log_lock = threading.Lock()
         self._requests: list[RequestRecord] = []
         self._httpd: _HTTPServer | None = None
@@ -350,6 +405,44 @@ class SandboxServer:
         """Replace the plan; its random stream and rate-limit window start afresh."""
         self._injector = FaultInjector(plan)
 
+    # -- timing ----------------------------------------------------------------------------------
+    @property
+    def latency(self) -> LatencyModel:
+        """The timing model (latency.py); the fixed preset unless one was given."""
+        return self._store.latency
+
+    def set_latency(self, model: LatencyModel) -> None:
+        """Replace the timing model: jobs accepted from now on and every later answer follow it
+        (pending jobs keep their due time); the per-endpoint rate-limit windows start afresh."""
+        self._store.latency = model
+        self._limits = EndpointLimits(model)
+
+    def _request_delay(self, raw_path: str) -> float:
+        path = urlsplit(raw_path).path
+        return self._store.latency.request_seconds if path.startswith("/v3/") else 0.0
+
+    def _latency_request(self, handler: _Handler, body: bytes) -> Response:
+        """GET: the model; PUT {"preset": "fixed"|"realistic", "job_delay_seconds": s, <any
+        LatencyModel field>: value}: replace it (a preset first, then the fields over it)."""
+        if handler.command == "PUT":
+            try:
+                changes = json.loads(body or b"{}")
+                if not isinstance(changes, dict):
+                    raise ValueError("expected a JSON object")
+                preset = changes.pop("preset", None)
+                delay = changes.pop("job_delay_seconds", None)
+                model = self.latency
+                if preset is not None:
+                    model = LatencyModel.from_preset(str(preset), float(delay or 0.05))
+                elif delay is not None:
+                    model = model.with_changes({"job_base_seconds": delay})
+                self.set_latency(model.with_changes(changes))
+            except (ValueError, TypeError) as problem:
+                return error_response(400, [error(None, str(problem))])
+        elif handler.command != "GET":
+            return error_response(405, [error(None, "GET or PUT")])
+        return json_response(200, self.latency.as_dict())
+
     @property
     def fault_counts(self) -> dict[str, int]:
         """Injected faults by kind: "429", "500", "503", "slow", "drop", "rate_limit",
@@ -376,11 +469,16 @@ class SandboxServer:
         requests = self.requests
         upserts = [r for r in requests if r.method == "PUT" and r.path.rstrip("/") == UPSERT_PATH]
         by_method: dict[str, int] = {}
+        by_kind: dict[str, int] = {}
         for record in requests:
             by_method[record.method] = by_method.get(record.method, 0) + 1
+            by_kind[record.kind] = by_kind.get(record.kind, 0) + 1
         return {
             "requests": len(requests),
             "requests_by_method": by_method,
+            "requests_by_kind": by_kind,
+            "wait_seconds": waiting_seconds(requests),
+            "latency": self.latency.as_dict(),
             "body_bytes": sum(r.body_bytes for r in requests),
             "upsert_requests": len(upserts),
             "upsert_requests_accepted": sum(1 for r in upserts if r.status == 202),
@@ -478,8 +576,9 @@ class SandboxServer:
             return error_response(401, [error(None, "authorization required")])
         return None
 
-    def _handle(self, handler: _Handler) -> None:
-        arrived, started = time.time(), time.perf_counter()
+    def _handle(self, handler: _Handler, delay: float = 0.0) -> None:
+        """Answer one request; `delay`: the modelled round trip already spent before it."""
+        arrived, started = time.time() - delay, time.perf_counter() - delay
         url = urlsplit(handler.path)
         if "Transfer-Encoding" in handler.headers:
             self._record(RequestRecord(handler.command, url.path, 411, 0, 0, arrived))
@@ -500,9 +599,13 @@ class SandboxServer:
         elif handler.command == "GET" and url.path.rstrip("/") == STATS_PATH:
             handler.write_response(json_response(200, self.stats()), self._injector.peek(arrived))
             return
+        elif url.path.rstrip("/") == LATENCY_PATH:  # not logged either: it is not traffic
+            handler.write_response(self._latency_request(handler, body), None)
+            return
         else:
             outcome = self._answer(handler, url.path, url.query, body)
         status = 0 if outcome.response is None else outcome.response.status
+        kind = request_kind(handler.command, url.path)
         self._record(
             RequestRecord(
                 handler.command,
@@ -513,6 +616,8 @@ class SandboxServer:
                 arrived,
                 outcome.fault,
                 time.perf_counter() - started,
+                kind,
+                _asks_to_wait(kind, outcome.response),
             )
         )
         if outcome.response is None:  # dropped: no answer at all
@@ -534,12 +639,18 @@ class SandboxServer:
         injector = self._injector
         is_api = path.startswith("/v3/")
         now = time.time()
-        rate = injector.peek(now)
+        if injector.plan.rate_limit is None and self._limits.active:
+            rate = self._limits.peek(request_kind(handler.command, path), now)
+        else:
+            rate = injector.peek(now)
         if is_api:
             denied = self._auth_error(handler.headers.get("Authorization"))
             if denied is not None:
                 return _Outcome(denied, rate)
-            allowed, rate = injector.take(now)
+            if injector.plan.rate_limit is None and self._limits.active:
+                allowed, rate = self._limits.take(request_kind(handler.command, path), now)
+            else:
+                allowed, rate = injector.take(now)
             if not allowed:
                 self._fault_counts.add("rate_limit")
                 return _Outcome(_too_many_requests(), rate, fault="rate_limit")

@@ -23,6 +23,7 @@ from typing import Any
 
 from sendgrid_pipeline_tests.devkit.sandbox.exports import render_errors_csv, render_export
 from sendgrid_pipeline_tests.devkit.sandbox.faults import FaultCounts
+from sendgrid_pipeline_tests.devkit.sandbox.latency import JobQueue, LatencyModel
 from sendgrid_pipeline_tests.devkit.sandbox.validation import (
     RESERVED_FIELDS,
     ApiError,
@@ -127,6 +128,9 @@ class ContactList:
     id: str
     name: str
     members: dict[str, None] = field(default_factory=dict)  # contact keys, least recent first
+    # (time, member count) after each change, oldest first: what an eventually consistent
+    # contact_count shows (LatencyModel.count_lag_seconds); pruned to what the lag can reach.
+    counts: deque[tuple[float, int]] = field(default_factory=deque)
 
 
 @dataclass
@@ -172,8 +176,14 @@ class Export:
 class Store:
     """The account. Every public method takes the lock and first applies the jobs that are due."""
 
-    def __init__(self, job_delay_seconds: float, fault_counts: FaultCounts) -> None:
-        self.job_delay_seconds = job_delay_seconds
+    def __init__(
+        self,
+        job_delay_seconds: float,
+        fault_counts: FaultCounts,
+        latency: LatencyModel | None = None,
+    ) -> None:
+        self._latency = latency or LatencyModel.fixed(job_delay_seconds)
+        self._queue = JobQueue(self._latency)
         self.base_url = ""  # set once the server knows its port; used in URLs it hands out
         self._counts = fault_counts
         self._lock = threading.Lock()
@@ -190,6 +200,47 @@ class Store:
         self._pending: deque[Job | Export] = deque()
         self._contact_ids = _contact_ids()
         self.work_added = threading.Event()  # set whenever a job or export is queued
+
+    # -- timing (see latency.py) ------------------------------------------------------------
+    @property
+    def latency(self) -> LatencyModel:
+        return self._latency
+
+    @latency.setter
+    def latency(self, model: LatencyModel) -> None:
+        """Applies to jobs accepted from now on; pending jobs keep their due time."""
+        with self._lock:
+            self._latency = model
+            self._queue.model = model
+
+    @property
+    def job_delay_seconds(self) -> float:
+        """How long a job stays pending under the fixed model (its base time otherwise)."""
+        return self._latency.job_base_seconds
+
+    @job_delay_seconds.setter
+    def job_delay_seconds(self, seconds: float) -> None:
+        self.latency = self._latency.with_changes({"job_base_seconds": seconds})
+
+    def _note_count(self, contact_list: ContactList, now: float) -> None:
+        counts = contact_list.counts
+        counts.append((now, len(contact_list.members)))
+        cutoff = now - self._latency.count_lag_seconds
+        while len(counts) > 1 and counts[1][0] <= cutoff:
+            counts.popleft()
+
+    def _visible_count(self, contact_list: ContactList) -> int:
+        """The list's size as SendGrid reports it: exact, or as it was count_lag_seconds ago."""
+        lag = self._latency.count_lag_seconds
+        if lag <= 0 or not contact_list.counts:
+            return len(contact_list.members)
+        cutoff = time.time() - lag
+        visible = contact_list.counts[0][1]
+        for at, count in contact_list.counts:
+            if at > cutoff:
+                break
+            visible = count
+        return visible
 
     @contextmanager
     def _locked(self, *, complete_all: bool = False, upto: str | None = None) -> Iterator[None]:
@@ -300,6 +351,9 @@ class Store:
                     listed[key] = None
             job.created += created
             job.updated += updated
+            moment = time.time()
+            for list_id in job.list_ids:
+                self._note_count(self._lists[list_id], moment)
         job.applied = end
         if end < len(contacts):
             return False
@@ -375,6 +429,7 @@ class Store:
                 del contact_list.members[key]
                 self._contacts[key]["updated_at"] = now
                 removed += 1
+        self._note_count(contact_list, time.time())
         job.payload = None
         job.results = {
             "requested_count": job.requested,
@@ -403,6 +458,14 @@ class Store:
         export.completed_at = export.updated_at = _iso(time.time())
 
     def _enqueue(self, item: Job | Export) -> None:
+        """Queue a job or export (under the lock); the model says when it will be done."""
+        if isinstance(item, Job):
+            items = item.requested
+        else:
+            lists = item.list_ids
+            members = (len(self._lists[x].members) for x in lists)
+            items = sum(members) if lists else len(self._contacts)
+        item.due = self._queue.schedule(time.time(), items)
         self._pending.append(item)
         if isinstance(item, Job):
             self._jobs[item.id] = item
@@ -422,13 +485,14 @@ class Store:
             if list_id in self._lists:
                 raise ValueError(f"list {list_id} already exists")
             self._lists[list_id] = ContactList(list_id, name)
+            self._note_count(self._lists[list_id], time.time())
         return list_id
 
     def _list_view(self, contact_list: ContactList) -> dict[str, Any]:
         return {
             "id": contact_list.id,
             "name": contact_list.name,
-            "contact_count": len(contact_list.members),
+            "contact_count": self._visible_count(contact_list),
             "_metadata": {"self": f"{self.base_url}/v3/marketing/lists/{contact_list.id}"},
         }
 
@@ -456,7 +520,7 @@ class Store:
     def list_count(self, list_id: str) -> int | None:
         with self._locked():
             contact_list = self._lists.get(list_id)
-            return None if contact_list is None else len(contact_list.members)
+            return None if contact_list is None else self._visible_count(contact_list)
 
     def member_emails(self, list_id: str) -> set[str]:
         with self._locked():
@@ -534,7 +598,7 @@ class Store:
         return Job(
             id=str(uuid.uuid4()),
             job_type="upsert",
-            due=now + self.job_delay_seconds,
+            due=now,  # set when queued (_enqueue), by the latency model
             started_at=_iso(now),
             requested=len(contacts),
             payload=contacts,
@@ -554,7 +618,7 @@ class Store:
         reject_pattern: str | None = None,
         fail: bool = False,
     ) -> str:
-        """Queue validated contacts; they are applied job_delay_seconds later.
+        """Queue validated contacts; they are applied when the latency model says they are due.
 
         Earlier jobs are not applied here (lists, the only thing checked, are not changed by
         jobs), so accepting an upsert never makes the client wait for earlier work.
@@ -610,7 +674,7 @@ class Store:
             job = Job(
                 id=str(uuid.uuid4()),
                 job_type="delete",
-                due=now + self.job_delay_seconds,
+                due=now,  # set when queued (_enqueue), by the latency model
                 started_at=_iso(now),
                 requested=len(contact_ids),
                 payload=[self._by_id[cid] for cid in contact_ids],
@@ -656,7 +720,7 @@ class Store:
             id=str(uuid.uuid4()),
             list_ids=tuple(dict.fromkeys(list_ids)),
             file_type=file_type,
-            due=now + self.job_delay_seconds,
+            due=now,  # set when queued (_enqueue), by the latency model
             created=now,
             updated_at=_iso(now),
         )
