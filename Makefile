@@ -38,8 +38,9 @@ soak: $(INSTALLED)  ## the crash-and-change soak over SEEDS seeds (SIGKILL, chan
 bench: $(INSTALLED)  ## benchmark one destination at PROFILES profiles
 	$(BIN)/python -m sendgrid_pipeline_tests.devkit.bench --profiles $(PROFILES)
 
-lint: $(INSTALLED)
+lint: $(INSTALLED)  ## ruff, then `dg check defs` (the code location loads, as [tool.dg] names it)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs
 
 format: $(INSTALLED)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

@@ -14,7 +14,6 @@ import datetime as dt
 import difflib
 import itertools
 import json
-import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,9 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sendgrid_pipeline.errors import ConfigError
+from sendgrid_pipeline.settings import DEFAULT_DATA_DIR
 
-DATA_DIR_ENV = "SENDGRID_PIPELINE_DATA_DIR"
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_PROFILE_CAP = 100_000
 DESTINATION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 SEGMENT_ID = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -275,9 +273,13 @@ def _literals(source: str) -> list[str]:
         return []
 
 
-def data_dir() -> Path:
-    """The data directory: `$SENDGRID_PIPELINE_DATA_DIR`, else the repository's data/."""
-    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).resolve()
+def data_dir(directory: Path | str | None = None) -> Path:
+    """`directory`, resolved; without one, the repository's data/ directory.
+
+    The environment is not read here: `settings.Settings.from_env()` reads
+    SENDGRID_PIPELINE_DATA_DIR once, where the code location is built, and passes it down.
+    """
+    return Path(directory or DEFAULT_DATA_DIR).resolve()
 
 
 class _Strict(BaseModel):
@@ -1309,7 +1311,7 @@ def load_config(
     a duplicate name or list id, destinations of one account mapping a field differently) or
     that leaves no destination still raises.
     """
-    root = Path(directory).resolve() if directory is not None else data_dir()
+    root = data_dir(directory)
     segments_file = _read_yaml(root / "segments.yaml", "segments")
     parsed_segments, problems = _parse_items(segments_file, Segment, "segment")
     problems += _duplicates(segments_file, "segment", [(i, s.id) for i, s in parsed_segments], "id")

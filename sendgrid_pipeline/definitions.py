@@ -1,9 +1,28 @@
-"""The code location: one Definitions object for the configured data directory.
+"""The code location: the definitions for the configured data directory, built when loaded.
 
-A destination whose own configuration is invalid is left out (and shown as such in the UI),
-so one broken entry never stops the schedule and sensors of the others.
+The settings are read from the environment here, once (see settings.py), and passed down:
+nothing else in the pipeline reads the environment. A destination whose own configuration is
+invalid is left out (and shown as such in the UI), so one broken entry never stops the
+schedule and sensors of the others.
 """
 
-from sendgrid_pipeline.pipeline import build_definitions, load_validated_config
+import dagster as dg
 
-defs = build_definitions(load_validated_config(skip_invalid_destinations=True))
+from sendgrid_pipeline.pipeline import build_definitions, default_resources, load_validated_config
+from sendgrid_pipeline.settings import Settings
+
+
+def location_definitions(settings: Settings) -> dg.Definitions:
+    """What the code location serves for `settings` (also callable in process, e.g. in tests)."""
+    config = load_validated_config(settings.data_dir, skip_invalid_destinations=True)
+    return build_definitions(
+        config,
+        default_resources(settings, config),
+        refresh_cron=settings.refresh_cron,
+        refresh_timezone=settings.refresh_timezone,
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return location_definitions(Settings.from_env())

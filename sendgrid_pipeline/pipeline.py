@@ -1,10 +1,14 @@
-"""Builds the Definitions for one validated configuration (tests build their own)."""
+"""Builds the Definitions for one validated configuration and the resources it is given.
+
+`definitions.py` wires the deployed resources from the settings (`default_resources`); tests,
+the demo and the benchmark pass their own (a sandbox URL and key, temporary directories).
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -19,15 +23,43 @@ from sendgrid_pipeline.errors import ProfileDataError
 from sendgrid_pipeline.io_manager import DestinationParquetIOManager
 from sendgrid_pipeline.profile_source import FileProfileSource
 from sendgrid_pipeline.schedules import build_refresh_schedule
-from sendgrid_pipeline.sendgrid.resource import sendgrid_resource_from_env
+from sendgrid_pipeline.sendgrid.resource import SendGridResource, deployed_sendgrid_resource
 from sendgrid_pipeline.sensors import build_export_request_sensor, build_profile_change_sensor
+from sendgrid_pipeline.settings import DEFAULT_REFRESH_CRON, DEFAULT_REFRESH_TIMEZONE, Settings
 from sendgrid_pipeline.state import SyncStateResource
 
 EXPORT_JOB = "sendgrid_export_job"
-STORAGE_DIR_ENV = "SENDGRID_PIPELINE_STORAGE_DIR"
 CONFIG_CHECK = "destinations_configured"  # exists only while a destination is left out
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineResources:
+    """The resources the assets, checks and sensors use, under the keys they require."""
+
+    sendgrid: SendGridResource
+    sync_state: SyncStateResource
+    io_manager: DestinationParquetIOManager
+    profile_source: FileProfileSource
+
+    def as_dict(self) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
+        return {
+            "io_manager": self.io_manager,
+            "profile_source": self.profile_source,
+            "sendgrid": self.sendgrid,
+            "sync_state": self.sync_state,
+        }
+
+
+def default_resources(settings: Settings, config: PipelineConfig) -> PipelineResources:
+    """The deployed resources: SendGrid with the key as a dg.EnvVar, the directories given."""
+    return PipelineResources(
+        sendgrid=deployed_sendgrid_resource(settings),
+        sync_state=SyncStateResource(directory=str(settings.state_dir)),
+        io_manager=DestinationParquetIOManager(base_dir=str(settings.storage_dir)),
+        profile_source=FileProfileSource(directory=str(config.profiles_dir)),
+    )
 
 
 def load_validated_config(
@@ -106,7 +138,15 @@ def _create_requests_folder(config: PipelineConfig) -> None:
         log.warning(f"cannot create {config.requests_dir}: {error.strerror}")
 
 
-def build_definitions(config: PipelineConfig) -> dg.Definitions:
+def build_definitions(
+    config: PipelineConfig,
+    resources: PipelineResources,
+    *,
+    refresh_cron: str = DEFAULT_REFRESH_CRON,
+    refresh_timezone: str = DEFAULT_REFRESH_TIMEZONE,
+) -> dg.Definitions:
+    """The assets, checks, export job, refresh schedule and sensors of `config`, wired to
+    `resources`; the schedule runs on `refresh_cron` in `refresh_timezone`."""
     partitions = dg.StaticPartitionsDefinition(config.destination_names)
     keys = config.destination_names
     _create_requests_folder(config)
@@ -132,21 +172,18 @@ def build_definitions(config: PipelineConfig) -> dg.Definitions:
         + "Exports the selected destinations (partitions) end to end: profiles, "
         "segments, contacts, and the list sync.",
     )
-    storage = os.environ.get(STORAGE_DIR_ENV) or str(config.data_dir / "storage")
+    schedule = build_refresh_schedule(
+        export_job, keys, note=note, cron=refresh_cron, timezone=refresh_timezone
+    )
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=[export_job],
-        schedules=[build_refresh_schedule(export_job, keys, note=note)],
+        schedules=[schedule],
         sensors=[
             build_profile_change_sensor(export_job, keys),
             build_export_request_sensor(export_job, config),
         ],
-        resources={
-            "io_manager": DestinationParquetIOManager(base_dir=storage),
-            "profile_source": FileProfileSource(directory=str(config.profiles_dir)),
-            "sendgrid": sendgrid_resource_from_env(),
-            "sync_state": SyncStateResource(),
-        },
+        resources=resources.as_dict(),
         executor=dg.in_process_executor,
     )

@@ -1,13 +1,16 @@
 """The scheduled refresh: every destination in one run, the shared roots computed once."""
 
-import os
 from typing import Any
 
 import dagster as dg
 
-REFRESH_CRON_ENV = "SENDGRID_REFRESH_CRON"
-REFRESH_TIMEZONE_ENV = "SENDGRID_REFRESH_TIMEZONE"
-DEFAULT_CRON = "0 6 * * *"
+from sendgrid_pipeline.settings import (
+    DEFAULT_REFRESH_CRON,
+    DEFAULT_REFRESH_TIMEZONE,
+    REFRESH_CRON_ENV,
+    REFRESH_TIMEZONE_ENV,
+)
+
 # What dg.define_asset_job returns (its class is not part of the public API).
 AssetJob = Any
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -20,11 +23,13 @@ def refresh_all_tags(partition_keys: list[str]) -> dict[str, str]:
 
 
 def build_refresh_schedule(
-    job: AssetJob, partition_keys: list[str], note: str = ""
+    job: AssetJob,
+    partition_keys: list[str],
+    note: str = "",
+    cron: str = DEFAULT_REFRESH_CRON,
+    timezone: str = DEFAULT_REFRESH_TIMEZONE,
 ) -> dg.ScheduleDefinition:
     """The daily refresh, RUNNING by default; `note`: what the configuration left out."""
-    cron = os.environ.get(REFRESH_CRON_ENV) or DEFAULT_CRON
-    timezone = os.environ.get(REFRESH_TIMEZONE_ENV) or "UTC"
 
     @dg.schedule(
         name="sendgrid_refresh_schedule",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import io
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -24,9 +23,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from sendgrid_pipeline.config import data_dir
 
-STATE_DIR_ENV = "SENDGRID_PIPELINE_STATE_DIR"
 MEMBER_SCHEMA = {
     "email": pl.String,
     "contact_id": pl.String,
@@ -430,11 +427,9 @@ class SyncStateResource(dg.ConfigurableResource):
     """Where the sync state lives: an SQLite file in a directory."""
 
     directory: str = Field(
-        default="",
-        description="Directory of the state file; empty means $SENDGRID_PIPELINE_STATE_DIR, "
-        "else <data dir>/state.",
+        description="Directory of the state file (the code location passes "
+        "$SENDGRID_PIPELINE_STATE_DIR, else <data dir>/state).",
     )
 
     def store(self) -> SyncStateStore:
-        base = self.directory or os.environ.get(STATE_DIR_ENV) or str(data_dir() / "state")
-        return SyncStateStore(Path(base) / "sync_state.sqlite")
+        return SyncStateStore(Path(self.directory) / "sync_state.sqlite")

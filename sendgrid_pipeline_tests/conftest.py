@@ -1,9 +1,12 @@
-"""Shared fixtures: a copy of the sample data, a real sandbox on loopback, a loopback-only net."""
+"""Shared fixtures: a copy of the sample data, a real sandbox on loopback, a loopback-only net.
+
+No fixture sets an environment variable: tests wire the pipeline with explicit resources
+(`helpers.resources_for`), and give a child process its environment as a dict.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -12,7 +15,6 @@ from pathlib import Path
 import pytest
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-os.environ["DAGSTER_DISABLE_TELEMETRY"] = "1"
 
 _real_connect = socket.socket.connect
 
@@ -29,24 +31,18 @@ socket.socket.connect = _loopback_only
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of the sample data directory, with state and storage inside it."""
+def data_dir(tmp_path: Path) -> Path:
+    """A private copy of the sample data directory; tests keep state and storage inside it."""
     target = tmp_path / "data"
     shutil.copytree(REPO_DATA, target, ignore=shutil.ignore_patterns("state", "storage", "reports"))
-    monkeypatch.setenv("SENDGRID_PIPELINE_DATA_DIR", str(target))
-    monkeypatch.setenv("SENDGRID_PIPELINE_STATE_DIR", str(target / "state"))
-    monkeypatch.setenv("SENDGRID_PIPELINE_STORAGE_DIR", str(target / "storage"))
     return target
 
 
 @pytest.fixture
-def sandbox(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+def sandbox(data_dir: Path) -> Iterator:
     """A real SendGrid sandbox on a free loopback port, with the destinations' lists."""
     from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 
     lists = SandboxServer.lists_from_destinations_file(data_dir / "destinations.yaml")
     with SandboxServer(lists=lists, job_delay_seconds=0.02) as server:
-        monkeypatch.setenv("SENDGRID_BASE_URL", server.base_url)
-        monkeypatch.setenv("SENDGRID_API_KEY", server.api_key)
-        monkeypatch.setenv("SENDGRID_POLL_INTERVAL_SECONDS", "0.02")
         yield server

@@ -208,7 +208,7 @@ def _setup(case_id: str, data_dir: Path, sandbox: SandboxServer) -> None:
 def test_every_pipeline_case_fails_clearly_and_sends_nothing(data_dir, sandbox, case) -> None:
     _setup(case["id"], data_dir, sandbox)
     try:
-        result = export(data_dir, partitions=["winback_campaign"])
+        result = export(data_dir, sandbox, partitions=["winback_campaign"])
     except (ConfigError, ProfileDataError) as error:  # refused when the definitions load
         message = str(error)
     else:

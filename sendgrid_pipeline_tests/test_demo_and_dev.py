@@ -19,8 +19,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from sendgrid_pipeline.pipeline import build_definitions, load_validated_config
 from sendgrid_pipeline_tests.devkit.dev import INSTANCE_CONFIG, write_instance_config
+from sendgrid_pipeline_tests.helpers import definitions
 from sendgrid_pipeline_tests.ui.stack import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_the_demo_with_a_broken_config_prints_one_message_and_exits_2(
 
 def test_the_schedule_and_sensors_start_running_and_requests_has_a_folder(data_dir) -> None:
     shutil.rmtree(data_dir / "requests", ignore_errors=True)
-    defs = build_definitions(load_validated_config(data_dir))
+    defs = definitions(data_dir)
     assert (data_dir / "requests").is_dir()  # where export requests go, there at load
     schedule = defs.resolve_schedule_def("sendgrid_refresh_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING

@@ -10,8 +10,8 @@ import polars as pl
 import yaml
 
 from sendgrid_pipeline.config import load_config
-from sendgrid_pipeline.pipeline import EXPORT_JOB, build_definitions, load_validated_config
-from sendgrid_pipeline_tests.helpers import export, step_failure_messages
+from sendgrid_pipeline.pipeline import EXPORT_JOB, load_validated_config
+from sendgrid_pipeline_tests.helpers import definitions, export, step_failure_messages
 
 # An independent statement of who belongs on each list: SQL over the raw profile file,
 # plain-Python normalization and a plain regex, smallest customer_id per address.
@@ -72,7 +72,7 @@ def expected_members(data_dir: Path) -> dict[str, set[str]]:
 
 
 def test_every_destination_list_holds_exactly_its_segment_members(data_dir, sandbox) -> None:
-    result = export(data_dir)
+    result = export(data_dir, sandbox)
     assert result.success, step_failure_messages(result)
     config = load_config(data_dir)
     expected = expected_members(data_dir)
@@ -89,9 +89,9 @@ def test_every_destination_list_holds_exactly_its_segment_members(data_dir, sand
 
 
 def test_a_second_run_with_no_change_sends_no_contact(data_dir, sandbox) -> None:
-    assert export(data_dir).success
+    assert export(data_dir, sandbox).success
     sandbox.reset_request_log()
-    result = export(data_dir)
+    result = export(data_dir, sandbox)
     assert result.success, step_failure_messages(result)
     assert [r for r in sandbox.requests if r.method == "PUT"] == []
 
@@ -99,7 +99,7 @@ def test_a_second_run_with_no_change_sends_no_contact(data_dir, sandbox) -> None
 def test_contacts_who_leave_a_segment_are_removed_and_changes_are_updated(
     data_dir, sandbox
 ) -> None:
-    assert export(data_dir).success
+    assert export(data_dir, sandbox).success
     profiles_file = data_dir / "profiles" / "profiles.csv"
     profiles = pl.read_csv(profiles_file, infer_schema_length=0)
     config = load_config(data_dir)
@@ -122,7 +122,7 @@ def test_contacts_who_leave_a_segment_are_removed_and_changes_are_updated(
     )
     profiles.write_csv(profiles_file)
     sandbox.reset_request_log()
-    result = export(data_dir, partitions=["winback_campaign"])
+    result = export(data_dir, sandbox, partitions=["winback_campaign"])
     assert result.success, step_failure_messages(result)
     after = sandbox.list_member_emails(winback.list_id)
     assert after == expected_members(data_dir)["winback_campaign"]
@@ -142,7 +142,7 @@ def test_without_consent_nothing_is_sent_and_the_error_explains(data_dir, sandbo
     document["destinations"][0]["consent"] = False
     path.write_text(yaml.safe_dump(document))
     name = document["destinations"][0]["name"]
-    result = export(data_dir, partitions=[name])
+    result = export(data_dir, sandbox, partitions=[name])
     assert not result.success
     message = step_failure_messages(result)
     assert "compliance boundary" in message and name in message
@@ -155,7 +155,7 @@ def test_over_the_cap_the_blocking_check_stops_the_sync(data_dir, sandbox) -> No
     document["destinations"][0]["profile_cap"] = 5
     path.write_text(yaml.safe_dump(document))
     name = document["destinations"][0]["name"]
-    result = export(data_dir, partitions=[name])
+    result = export(data_dir, sandbox, partitions=[name])
     assert not result.success
     (evaluation,) = [
         e.event_specific_data
@@ -175,10 +175,10 @@ def test_over_the_cap_the_blocking_check_stops_the_sync(data_dir, sandbox) -> No
 def test_one_partition_alone_and_a_range_of_two(data_dir, sandbox) -> None:
     config = load_config(data_dir)
     first, second, third = config.destination_names[:3]
-    assert export(data_dir, partitions=[first]).success
+    assert export(data_dir, sandbox, partitions=[first]).success
     assert sandbox.list_member_emails(config.destination(first).list_id)
     assert not sandbox.list_member_emails(config.destination(second).list_id)
-    assert export(data_dir, partitions=[second, third]).success
+    assert export(data_dir, sandbox, partitions=[second, third]).success
     assert sandbox.list_member_emails(config.destination(third).list_id)
 
 
@@ -201,7 +201,7 @@ def _sync_events(result, kind: str) -> list:
 
 def test_dry_run_tag_plans_sends_nothing_and_is_no_sync(data_dir, sandbox) -> None:
     name = load_config(data_dir).destination_names[0]
-    result = export(data_dir, partitions=[name], tags={"sendgrid/dry_run": "true"})
+    result = export(data_dir, sandbox, partitions=[name], tags={"sendgrid/dry_run": "true"})
     assert result.success, step_failure_messages(result)
     assert not _sync_events(result, "ASSET_MATERIALIZATION")  # the partition does not turn green
     (observation,) = _sync_events(result, "ASSET_OBSERVATION")
@@ -224,7 +224,7 @@ def test_a_launchpad_dry_run_is_tagged_in_the_runs_list(data_dir, sandbox) -> No
     config = load_validated_config(data_dir)
     name = config.destination_names[0]
     instance = dg.DagsterInstance.ephemeral()
-    job = build_definitions(config).resolve_job_def(EXPORT_JOB)
+    job = definitions(data_dir, sandbox).resolve_job_def(EXPORT_JOB)
     result = job.execute_in_process(
         instance=instance,
         partition_key=name,
@@ -239,7 +239,7 @@ def test_a_launchpad_dry_run_is_tagged_in_the_runs_list(data_dir, sandbox) -> No
 def test_brake_stops_a_broken_source_and_the_run_tag_overrides_it(data_dir, sandbox) -> None:
     config = load_config(data_dir)
     name = "newsletter_eu"
-    assert export(data_dir, partitions=[name]).success
+    assert export(data_dir, sandbox, partitions=[name]).success
     before = sandbox.list_member_emails(config.destination(name).list_id)
     profiles_file = data_dir / "profiles" / "profiles.csv"
     profiles = pl.read_csv(profiles_file, infer_schema_length=0)
@@ -252,12 +252,14 @@ def test_brake_stops_a_broken_source_and_the_run_tag_overrides_it(data_dir, sand
     )
     broken.write_csv(profiles_file)
     sandbox.reset_request_log()
-    result = export(data_dir, partitions=[name])
+    result = export(data_dir, sandbox, partitions=[name])
     assert not result.success
     assert "brake" in step_failure_messages(result) and name in step_failure_messages(result)
     assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE")] == []
     assert sandbox.list_member_emails(config.destination(name).list_id) == before
-    result = export(data_dir, partitions=[name], tags={"sendgrid/allow_mass_removal": "true"})
+    result = export(
+        data_dir, sandbox, partitions=[name], tags={"sendgrid/allow_mass_removal": "true"}
+    )
     assert result.success, step_failure_messages(result)
     assert (
         sandbox.list_member_emails(config.destination(name).list_id)
@@ -271,7 +273,7 @@ def test_rows_sendgrid_rejects_warn_by_default_and_fail_when_configured(data_dir
     sandbox.set_faults(FaultPlan(reject_email_pattern=r"^a"))  # SendGrid refuses a few rows
     config = load_config(data_dir)
     list_id = config.destination("winback_campaign").list_id
-    result = export(data_dir, partitions=["winback_campaign"])
+    result = export(data_dir, sandbox, partitions=["winback_campaign"])
     assert result.success, step_failure_messages(result)  # default: warn
     metadata = _sync_metadata(result)
     assert metadata["rejected_by_sendgrid"] > 0
@@ -287,7 +289,7 @@ def test_rows_sendgrid_rejects_warn_by_default_and_fail_when_configured(data_dir
         on_rejected_rows="fail"
     )
     path.write_text(yaml.safe_dump(document))
-    result = export(data_dir, partitions=["winback_campaign"])
+    result = export(data_dir, sandbox, partitions=["winback_campaign"])
     assert not result.success
     assert "on_rejected_rows: fail" in step_failure_messages(result)
     assert sandbox.list_member_emails(list_id) == members  # the rest stays synced

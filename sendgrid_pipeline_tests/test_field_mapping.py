@@ -33,7 +33,7 @@ def _edit_destinations(data_dir: Path, name: str, **changes) -> None:
 
 def test_custom_fields_are_created_resolved_by_name_and_typed(data_dir, sandbox) -> None:
     sandbox.define_custom_field("loyalty_tier", "Text")  # one exists already, by another id
-    result = export(data_dir, partitions=["vip_program"])
+    result = export(data_dir, sandbox, partitions=["vip_program"])
     assert result.success, step_failure_messages(result)
     profiles = pl.read_csv(data_dir / "profiles" / "profiles.csv", infer_schema_length=0)
     some = profiles.filter(
@@ -49,7 +49,7 @@ def test_custom_fields_are_created_resolved_by_name_and_typed(data_dir, sandbox)
     assert stored["external_id"] == some["customer_id"]
     # a refresh compares what was sent by id: nothing changes, nothing is sent
     sandbox.reset_request_log()
-    assert export(data_dir, partitions=["vip_program"]).success
+    assert export(data_dir, sandbox, partitions=["vip_program"]).success
     assert [r for r in sandbox.requests if r.method == "PUT"] == []
 
 
@@ -59,7 +59,7 @@ def test_a_missing_custom_field_lists_the_existing_ones_and_sends_nothing(
     sandbox.define_custom_field("loyalty_tier", "Text")
     sandbox.define_custom_field("favourite_store", "Text")
     _edit_destinations(data_dir, "vip_program", create_missing_custom_fields=False)
-    result = export(data_dir, partitions=["vip_program"])
+    result = export(data_dir, sandbox, partitions=["vip_program"])
     assert not result.success
     message = step_failure_messages(result)
     assert "no custom field 'lifetime_value'" in message
@@ -209,7 +209,7 @@ def test_mapping_expressions_are_validated_when_definitions_load(data_dir) -> No
 
 
 def test_include_exclude_and_membership_file_segments_with_overlaps(data_dir, sandbox) -> None:
-    result = export(data_dir, partitions=["winback_campaign"])
+    result = export(data_dir, sandbox, partitions=["winback_campaign"])
     assert result.success, step_failure_messages(result)
     profiles = pl.read_csv(data_dir / "profiles" / "profiles.csv", infer_schema_length=0)
     churn = set(

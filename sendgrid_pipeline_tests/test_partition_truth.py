@@ -22,8 +22,7 @@ from sendgrid_pipeline.assets.sync_checks import (
 )
 from sendgrid_pipeline.checks import CAP_CHECK, EMAIL_CHECK
 from sendgrid_pipeline.config import PipelineConfig, load_config
-from sendgrid_pipeline.pipeline import build_definitions
-from sendgrid_pipeline_tests.helpers import export, step_failure_messages
+from sendgrid_pipeline_tests.helpers import definitions, export, step_failure_messages
 from sendgrid_pipeline_tests.test_end_to_end import expected_members
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +83,7 @@ def test_a_run_over_every_destination_records_each_check_on_its_partition(
 ) -> None:
     config = load_config(data_dir)
     names = set(config.destination_names)
-    result = export(data_dir, instance=instance)
+    result = export(data_dir, sandbox, instance=instance)
     assert result.success, step_failure_messages(result)
 
     recorded = evaluations(result)
@@ -97,7 +96,7 @@ def test_a_run_over_every_destination_records_each_check_on_its_partition(
             assert evaluation.target_materialization_data.storage_id == target.storage_id
             assert evaluation.metadata["contacts"].value == len(expected_members(data_dir)[name])
     # no check of the code location is left planned-but-skipped by a normal refresh
-    for key in build_definitions(config).resolve_asset_graph().asset_check_keys:
+    for key in definitions(data_dir, sandbox).resolve_asset_graph().asset_check_keys:
         statuses = check_statuses(instance, key, config)
         assert not {"SKIPPED", "EXECUTION_FAILED", "IN_PROGRESS"} & set(statuses), (key, statuses)
 
@@ -106,7 +105,7 @@ def test_a_single_destination_run_records_its_checks_on_its_partition(
     data_dir, sandbox, instance
 ) -> None:
     config = load_config(data_dir)
-    result = export(data_dir, partitions=["vip_program"], instance=instance)
+    result = export(data_dir, sandbox, partitions=["vip_program"], instance=instance)
     assert result.success, step_failure_messages(result)
     assert {e.partition for e in evaluations(result)} == {"vip_program"}
     for key in CONTACT_CHECKS:
@@ -121,7 +120,7 @@ def test_a_failing_check_fails_only_its_own_destination(data_dir, sandbox, insta
     config = load_config(data_dir)
     others = set(config.destination_names) - {"vip_program"}
 
-    result = export(data_dir, instance=instance)
+    result = export(data_dir, sandbox, instance=instance)
     assert not result.success
     assert check_statuses(instance, CONTACT_CHECKS[1], config) == {
         "FAILED": {"vip_program"},
@@ -145,7 +144,7 @@ def test_each_partition_shows_its_own_figures_after_a_multi_destination_run(
     data_dir, sandbox, instance
 ) -> None:
     config = load_config(data_dir)
-    result = export(data_dir, instance=instance)
+    result = export(data_dir, sandbox, instance=instance)
     assert result.success, step_failure_messages(result)
     expected = expected_members(data_dir)
     counts = {name: len(emails) for name, emails in expected.items()}
@@ -171,7 +170,7 @@ def test_the_ui_reads_per_partition_check_statuses_and_figures(data_dir, sandbox
     from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
     config = load_config(data_dir)
-    assert export(data_dir, instance=instance).success
+    assert export(data_dir, sandbox, instance=instance).success
     query = """
     query ($key: AssetKeyInput!, $partitions: [String!]) {
       assetNodeOrError(assetKey: $key) {
@@ -227,7 +226,7 @@ def test_list_size_check_warns_per_destination_when_sendgrid_and_the_state_diffe
 ) -> None:
     config = load_config(data_dir)
     names = config.destination_names
-    result = export(data_dir, instance=instance)  # the check runs after each destination's sync
+    result = export(data_dir, sandbox, instance=instance)  # checked after each destination's sync
     assert result.success, step_failure_messages(result)
     assert check_statuses(instance, LIST_SIZE, config) == {"SUCCEEDED": set(names)}
     for evaluation in evaluations(result):
@@ -239,7 +238,7 @@ def test_list_size_check_warns_per_destination_when_sendgrid_and_the_state_diffe
     # someone adds a contact to the vip list by hand: SendGrid's count and the record differ
     sandbox.add_contact_by_hand("walk-in@example.com", [config.destination("vip_program").list_id])
     sandbox.wait_for_idle()
-    result = export(data_dir, instance=instance)
+    result = export(data_dir, sandbox, instance=instance)
     assert result.success, step_failure_messages(result)  # a warning, never a failure
     by_partition = {e.partition: e for e in evaluations(result) if e.check_name == LIST_SIZE_CHECK}
     assert set(by_partition) == set(names)
@@ -256,7 +255,7 @@ def test_list_size_check_warns_per_destination_when_sendgrid_and_the_state_diffe
     }
 
     # one destination alone lands on its partition too
-    result = export(data_dir, partitions=["winback_campaign"], instance=instance)
+    result = export(data_dir, sandbox, partitions=["winback_campaign"], instance=instance)
     assert [
         (e.partition, e.passed) for e in evaluations(result) if e.check_name == LIST_SIZE_CHECK
     ] == [("winback_campaign", True)]

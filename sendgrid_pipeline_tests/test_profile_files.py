@@ -248,7 +248,7 @@ def test_padded_membership_ids_match_and_unmatched_ones_are_reported(data_dir, s
     churn.write_text('customer_id,churn_score\n" C0000007 ",0.5\nC0000030 ,0.5\nNOPE1,0.5\n')
     instance = dg.DagsterInstance.ephemeral()
     result = export(
-        data_dir, selection=["unified_profiles", "segment_membership"], instance=instance
+        data_dir, sandbox, selection=["unified_profiles", "segment_membership"], instance=instance
     )
     assert result.success, step_failure_messages(result)
     metadata = {}

@@ -19,7 +19,7 @@ from sendgrid_pipeline.sendgrid.errors import (
 )
 from sendgrid_pipeline_tests.conftest import REPO_DATA
 from sendgrid_pipeline_tests.devkit.sandbox import FaultPlan
-from sendgrid_pipeline_tests.helpers import export, step_failure_messages
+from sendgrid_pipeline_tests.helpers import export, resources_for, step_failure_messages
 
 LONG_EMAIL = "l" * 64 + "@" + ".".join(["d" * 61, "e" * 61, "f" * 53]) + ".example.com"
 assert len(LONG_EMAIL) == 254
@@ -67,7 +67,7 @@ def _events(result: dg.ExecuteInProcessResult, kind: str) -> list:
 
 def test_a_destination_with_no_rejected_row_syncs(data_dir, sandbox) -> None:
     list_id = _set_up(data_dir, "customer_id IN ('C0000001','C0000002')")
-    result = export(data_dir, partitions=["pair"])
+    result = export(data_dir, sandbox, partitions=["pair"])
     assert result.success, step_failure_messages(result)
     members = sandbox.list_member_emails(list_id)
     assert len(members) == 2
@@ -79,9 +79,9 @@ def test_a_destination_with_no_rejected_row_syncs(data_dir, sandbox) -> None:
 
 def test_an_emptied_segment_reaches_the_brake_with_its_message(data_dir, sandbox) -> None:
     _set_up(data_dir, "customer_id IN ('C0000001','C0000002')")
-    assert export(data_dir, partitions=["pair"]).success
+    assert export(data_dir, sandbox, partitions=["pair"]).success
     _set_up(data_dir, "customer_id IN ('NO-SUCH-ID')")
-    result = export(data_dir, partitions=["pair"])
+    result = export(data_dir, sandbox, partitions=["pair"])
     assert not result.success
     assert "would empty the list" in step_failure_messages(result)
     assert not _events(result, "STEP_UP_FOR_RETRY")  # a refusal is not retried
@@ -92,22 +92,22 @@ def test_a_254_character_email_joins_and_then_leaves(data_dir, sandbox) -> None:
         {"customer_id": ["C9999999"], "email": [LONG_EMAIL], "first_name": ["Long"]}
     )
     list_id = _set_up(data_dir, "customer_id IN ('C0000001','C9999999')", long_profile)
-    result = export(data_dir, partitions=["pair"])
+    result = export(data_dir, sandbox, partitions=["pair"])
     assert result.success, step_failure_messages(result)
     assert LONG_EMAIL in sandbox.list_member_emails(list_id)
     _set_up(data_dir, "customer_id IN ('C0000001')")
     sandbox.reset_request_log()
-    result = export(data_dir, partitions=["pair"])
+    result = export(data_dir, sandbox, partitions=["pair"])
     assert result.success, step_failure_messages(result)
     assert sandbox.list_member_emails(list_id) == {"charlie.miller@gmail.com"}
     searches = [r for r in sandbox.requests if r.path == "/v3/marketing/contacts/search/emails"]
     assert not searches  # the email search refuses it; SGQL resolved it instead
 
 
-def test_a_refused_key_fails_at_once_without_retries(data_dir, sandbox, monkeypatch) -> None:
-    monkeypatch.setenv("SENDGRID_API_KEY", "SG.revoked-key-0123456789")
+def test_a_refused_key_fails_at_once_without_retries(data_dir, sandbox) -> None:
+    refused = resources_for(data_dir, sandbox, api_key="SG.revoked-key-0123456789")
     name = load_config(data_dir).destination_names[0]
-    result = export(data_dir, partitions=[name])
+    result = export(data_dir, sandbox, partitions=[name], resources=refused)
     assert not result.success
     messages = step_failure_messages(result)
     assert "HTTP 401" in messages and "revoked-key" not in messages
@@ -116,7 +116,7 @@ def test_a_refused_key_fails_at_once_without_retries(data_dir, sandbox, monkeypa
 
 def test_a_missing_upstream_output_says_what_to_run_and_is_not_retried(data_dir, sandbox) -> None:
     name = load_config(data_dir).destination_names[0]
-    result = export(data_dir, partitions=[name], selection=["sendgrid_list_sync"])
+    result = export(data_dir, sandbox, partitions=[name], selection=["sendgrid_list_sync"])
     assert not result.success
     assert f"materialize sendgrid_contacts for destination {name!r} first" in (
         step_failure_messages(result)
@@ -127,7 +127,7 @@ def test_a_missing_upstream_output_says_what_to_run_and_is_not_retried(data_dir,
 def test_a_sync_whose_jobs_all_fail_fails_its_destination(data_dir, sandbox) -> None:
     sandbox.set_faults(FaultPlan(fail_jobs=True))
     name = load_config(data_dir).destination_names[0]
-    result = export(data_dir, partitions=[name])
+    result = export(data_dir, sandbox, partitions=[name])
     assert not result.success
     assert "max_rejected_share" in step_failure_messages(result)
     assert not [
@@ -141,7 +141,7 @@ def test_a_damaged_state_file_says_which_file_and_how_to_recover(data_dir, sandb
     state = data_dir / "state" / "sync_state.sqlite"
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_bytes(b"garbage that mentions ann@example.com " * 200)
-    result = export(data_dir)
+    result = export(data_dir, sandbox)
     assert not result.success
     messages = step_failure_messages(result)
     assert str(state) in messages and "sendgrid/reconcile=true" in messages
@@ -170,15 +170,15 @@ def test_only_transient_errors_are_retried(error: Exception, retried: bool) -> N
 def test_a_restored_state_backup_is_detected_through_dagsters_record(data_dir, sandbox) -> None:
     instance = dg.DagsterInstance.ephemeral()
     list_id = _set_up(data_dir, "customer_id IN ('C0000001','C0000002')")
-    assert export(data_dir, partitions=["pair"], instance=instance).success
+    assert export(data_dir, sandbox, partitions=["pair"], instance=instance).success
     state = data_dir / "state" / "sync_state.sqlite"
     backup = state.read_bytes()
     _set_up(data_dir, "customer_id IN ('C0000001','C0000002','C0000003')")
-    assert export(data_dir, partitions=["pair"], instance=instance).success
+    assert export(data_dir, sandbox, partitions=["pair"], instance=instance).success
     for leftover in state.parent.glob(state.name + "-*"):
         leftover.unlink()
     state.write_bytes(backup)
     _set_up(data_dir, "customer_id IN ('C0000001','C0000002')")
-    result = export(data_dir, partitions=["pair"], instance=instance)
+    result = export(data_dir, sandbox, partitions=["pair"], instance=instance)
     assert result.success, step_failure_messages(result)
     assert len(sandbox.list_member_emails(list_id)) == 2

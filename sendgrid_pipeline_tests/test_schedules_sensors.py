@@ -14,18 +14,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from sendgrid_pipeline.pipeline import EXPORT_JOB, build_definitions, load_validated_config
+from sendgrid_pipeline.pipeline import EXPORT_JOB
 from sendgrid_pipeline.profile_source import FileProfileSource
+from sendgrid_pipeline.schedules import refresh_all_tags
+from sendgrid_pipeline_tests.helpers import definitions
 
 DESTINATIONS = ["newsletter_eu", "vip_program", "winback_campaign"]
-RANGE = {
-    "dagster/asset_partition_range_start": "newsletter_eu",
-    "dagster/asset_partition_range_end": "winback_campaign",
-}
-
-
-def definitions(data_dir: Path) -> dg.Definitions:
-    return build_definitions(load_validated_config(data_dir))
+RANGE = refresh_all_tags(DESTINATIONS)
 
 
 def profile_tick(data_dir: Path, cursor: str | None):
@@ -109,7 +104,7 @@ def test_export_request_runs_once_then_is_archived_with_its_run_ids(
     request = write_request(
         data_dir, "jane.json", {"destinations": ["newsletter_eu"], "requested_by": "jane"}
     )
-    job = definitions(data_dir).resolve_job_def(EXPORT_JOB)
+    job = definitions(data_dir, sandbox).resolve_job_def(EXPORT_JOB)
     with dg.instance_for_test() as instance:
         first = request_tick(data_dir, instance)
         assert len(first.run_requests) == 1

@@ -33,16 +33,15 @@ def _files_text(*roots: Path) -> str:
 
 
 def test_no_key_and_no_plain_email_anywhere_after_runs_and_failures(
-    data_dir, sandbox, capfd, tmp_path, monkeypatch
+    data_dir, sandbox, capfd, tmp_path
 ) -> None:
     key = f"SG.leakcheck-{secrets.token_hex(16)}"
-    sandbox.api_key = key  # the sandbox accepts only this distinctive key from now on
-    monkeypatch.setenv("SENDGRID_API_KEY", key)
+    sandbox.api_key = key  # the sandbox accepts only this distinctive key, which runs now use
     home = tmp_path / "dagster_home"
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         # 1. a full successful export of every destination
-        ok = export(data_dir, instance=instance)
+        ok = export(data_dir, sandbox, instance=instance)
         assert ok.success
         # 2. a failure inside SendGrid calls: the list id is wrong (404)
         path = data_dir / "destinations.yaml"
@@ -50,15 +49,17 @@ def test_no_key_and_no_plain_email_anywhere_after_runs_and_failures(
         good_list = document["destinations"][2]["list_id"]
         document["destinations"][2]["list_id"] = "00000000-0000-4000-8000-000000000000"
         path.write_text(yaml.safe_dump(document))
-        assert not export(data_dir, partitions=["winback_campaign"], instance=instance).success
+        assert not export(
+            data_dir, sandbox, partitions=["winback_campaign"], instance=instance
+        ).success
         document["destinations"][2]["list_id"] = good_list
         path.write_text(yaml.safe_dump(document))
         # 3. the key is revoked (401), and 4. it lacks the scope (403)
         sandbox.revoked_keys.add(key)
-        assert not export(data_dir, instance=instance).success
+        assert not export(data_dir, sandbox, instance=instance).success
         sandbox.revoked_keys.clear()
         sandbox.forbidden_keys.add(key)
-        assert not export(data_dir, instance=instance).success
+        assert not export(data_dir, sandbox, instance=instance).success
         sandbox.forbidden_keys.clear()
         stored = _event_log_text(instance)
 

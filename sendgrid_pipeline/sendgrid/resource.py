@@ -1,17 +1,13 @@
-"""The SendGrid resource: configuration for the client, with the key from the environment."""
+"""The SendGrid resource: configuration for the client; the deployed key is a dg.EnvVar."""
 
 from __future__ import annotations
-
-import os
 
 import dagster as dg
 from pydantic import Field
 
 from sendgrid_pipeline.errors import ConfigError
 from sendgrid_pipeline.sendgrid.client import DEFAULT_BASE_URL, EU_BASE_URL, SendGridClient
-
-BASE_URL_ENV = "SENDGRID_BASE_URL"
-DEFAULT_KEY_ENV = "SENDGRID_API_KEY"
+from sendgrid_pipeline.settings import API_KEY_ENV, Settings
 
 
 class SendGridResource(dg.ConfigurableResource):
@@ -20,6 +16,11 @@ class SendGridResource(dg.ConfigurableResource):
     api_key: str = Field(
         repr=False,  # never in a repr, a log line or an error
         description="SendGrid API key with Marketing access; pass dg.EnvVar('SENDGRID_API_KEY').",
+    )
+    api_key_env: str = Field(
+        default=API_KEY_ENV,
+        description="The environment variable api_key stands for: destinations whose "
+        "api_key_env names it use api_key; any other destination's key is read from its own.",
     )
     base_url: str = Field(
         default=DEFAULT_BASE_URL,
@@ -38,10 +39,10 @@ class SendGridResource(dg.ConfigurableResource):
         default=900.0, description="Deadline for one import/delete job to finish."
     )
 
-    def client(self, api_key_env: str = DEFAULT_KEY_ENV) -> SendGridClient:
+    def client(self, api_key_env: str = API_KEY_ENV) -> SendGridClient:
         """A client for a destination; its key comes from its own env var when it names one."""
         api_key = (
-            self.api_key if api_key_env == DEFAULT_KEY_ENV else dg.EnvVar(api_key_env).get_value()
+            self.api_key if api_key_env == self.api_key_env else dg.EnvVar(api_key_env).get_value()
         )
         if not api_key:
             raise ConfigError(
@@ -59,10 +60,11 @@ class SendGridResource(dg.ConfigurableResource):
         )
 
 
-def sendgrid_resource_from_env() -> SendGridResource:
-    """The resource as definitions.py wires it: key via EnvVar, base URL from the environment."""
+def deployed_sendgrid_resource(settings: Settings) -> SendGridResource:
+    """The resource as the code location wires it: the key as a dg.EnvVar, resolved per run."""
     return SendGridResource(
-        api_key=dg.EnvVar(DEFAULT_KEY_ENV),
-        base_url=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
-        poll_interval_seconds=float(os.environ.get("SENDGRID_POLL_INTERVAL_SECONDS", "1.0")),
+        api_key=dg.EnvVar(settings.api_key_env),
+        api_key_env=settings.api_key_env,
+        base_url=settings.sendgrid_base_url,
+        poll_interval_seconds=settings.poll_interval_seconds,
     )

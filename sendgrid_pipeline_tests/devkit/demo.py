@@ -7,28 +7,39 @@ per-destination figures read from the run's own events and from the sandbox. Eac
 one line; --verbose (make demo VERBOSE=1) prints Dagster's full logs instead.
 
 The runs go to a temporary Dagster instance, deleted at the end with the step outputs and sync
-state they describe: the DAGSTER_HOME that `make dev` uses never sees them.
+state they describe: the DAGSTER_HOME that `make dev` uses never sees them. The pipeline is
+wired here explicitly (the sandbox's URL and key, the temporary directories); the environment
+is neither read for it nor changed.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import dagster as dg
 
-from sendgrid_pipeline.config import DATA_DIR_ENV, PipelineConfig, data_dir
+from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ConfigError, ProfileDataError
-from sendgrid_pipeline.pipeline import EXPORT_JOB, build_definitions, load_validated_config
+from sendgrid_pipeline.io_manager import DestinationParquetIOManager
+from sendgrid_pipeline.pipeline import (
+    EXPORT_JOB,
+    PipelineResources,
+    build_definitions,
+    load_validated_config,
+)
+from sendgrid_pipeline.profile_source import FileProfileSource
+from sendgrid_pipeline.schedules import refresh_all_tags
+from sendgrid_pipeline.sendgrid.resource import SendGridResource
+from sendgrid_pipeline.settings import Settings
+from sendgrid_pipeline.state import SyncStateResource
 from sendgrid_pipeline_tests.devkit.dev import write_instance_config
 from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 
@@ -152,11 +163,7 @@ def run_export(
     loggers = {"console": {"config": {"log_level": "INFO"}}} if verbose else {"stages": {}}
     result = job.with_logger_defs({**job.loggers, "stages": stage_logger}).execute_in_process(
         instance=instance,
-        tags={
-            "dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1],
-            "sendgrid/trigger": "demo",
-        },
+        tags={**refresh_all_tags(keys), "sendgrid/trigger": "demo"},
         run_config={"loggers": loggers},
         raise_on_error=False,
     )
@@ -180,19 +187,16 @@ def run_export(
     return result.success
 
 
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Set environment variables for the demo's duration, then put back what was there."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def demo_resources(config: PipelineConfig, sandbox: SandboxServer, work: Path) -> PipelineResources:
+    """The sandbox as SendGrid; sync state and step outputs in the demo's temporary folder."""
+    return PipelineResources(
+        sendgrid=SendGridResource(
+            base_url=sandbox.base_url, api_key=sandbox.api_key, poll_interval_seconds=0.05
+        ),
+        sync_state=SyncStateResource(directory=str(work / "state")),
+        io_manager=DestinationParquetIOManager(base_dir=str(work / "storage")),
+        profile_source=FileProfileSource(directory=str(config.profiles_dir)),
+    )
 
 
 def load(root: Path) -> PipelineConfig | None:
@@ -213,12 +217,16 @@ def load(root: Path) -> PipelineConfig | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None, help="data directory (default: data/)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="data directory (default: $SENDGRID_PIPELINE_DATA_DIR, else data/)",
+    )
     parser.add_argument(
         "--verbose", action="store_true", help="print Dagster's full logs for each run"
     )
     args = parser.parse_args(argv)
-    root = Path(args.data_dir).resolve() if args.data_dir else data_dir()
+    root = Path(args.data_dir).resolve() if args.data_dir else Settings.from_env().data_dir
     print(f"Data directory: {root}")
     config = load(root)
     if config is None:
@@ -234,21 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         write_instance_config(home)
         # A fresh sandbox holds nothing, so the demo keeps its sync state and step outputs
         # beside it, and its runs in an instance of its own: all of them go when it ends.
-        with (
-            _environment(
-                DAGSTER_HOME=str(home),
-                DAGSTER_DISABLE_TELEMETRY="1",
-                **{DATA_DIR_ENV: str(root)},
-                SENDGRID_BASE_URL=sandbox.base_url,
-                SENDGRID_API_KEY=sandbox.api_key,
-                SENDGRID_POLL_INTERVAL_SECONDS="0.05",
-                SENDGRID_PIPELINE_STATE_DIR=str(Path(work) / "state"),
-                SENDGRID_PIPELINE_STORAGE_DIR=str(Path(work) / "storage"),
-            ),
-            dg.DagsterInstance.from_config(str(home)) as instance,
-        ):
+        with dg.DagsterInstance.from_config(str(home)) as instance:
             print(f"SendGrid sandbox started at {sandbox.base_url} with {len(lists)} lists.")
-            job = build_definitions(config).resolve_job_def(EXPORT_JOB)
+            resources = demo_resources(config, sandbox, Path(work))
+            job = build_definitions(config, resources).resolve_job_def(EXPORT_JOB)
             export = (job, keys, sandbox, instance, args.verbose)
             ok = run_export(
                 "Run 1: export every destination (one Dagster run)", *export, TABLE_NOTE

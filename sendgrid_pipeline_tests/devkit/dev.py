@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from sendgrid_pipeline.config import data_dir
+from sendgrid_pipeline.settings import Settings
 from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     write_instance_config(home)
+    data = Settings.from_env().data_dir  # what the code location will read, from our environment
     state = home / "sandbox-sync-state"
     shutil.rmtree(state, ignore_errors=True)
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_stop)
     try:
-        lists = SandboxServer.lists_from_destinations_file(data_dir() / "destinations.yaml")
+        lists = SandboxServer.lists_from_destinations_file(data / "destinations.yaml")
     except (OSError, ValueError, yaml.YAMLError) as error:  # the UI shows the config error
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"The sandbox starts with no lists: destinations.yaml is unreadable ({first}).")
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             start_new_session=True,
         )
         if _wait_until_ready(ui_url, ui):
-            report = automation_report(ui_url, ui, home, data_dir())
+            report = automation_report(ui_url, ui, home, data)
             print("\n".join(report), flush=True)
             print(f"Ready: open {ui_url}  (sandbox API key: {SANDBOX_KEY})", flush=True)
         elif ui.poll() is None:

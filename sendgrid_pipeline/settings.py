@@ -1,0 +1,88 @@
+"""The pipeline's settings, read from the environment once, where the code location is built.
+
+This is the only product module that reads the environment. Everything else receives its
+settings as values: `definitions.py` reads them with `Settings.from_env()` and passes them on
+(the data directory to the configuration, the rest to the resources and the schedule), and
+tests, the demo and the benchmark build their own `Settings` or resources directly.
+
+The SendGrid API key is not a setting: the deployed resource holds `dg.EnvVar(API_KEY_ENV)`,
+which Dagster resolves when a run starts and never shows, so the key is never a plain value
+here (nor in a repr, a log line or the UI).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sendgrid_pipeline.errors import ConfigError
+from sendgrid_pipeline.sendgrid.client import DEFAULT_BASE_URL
+
+DATA_DIR_ENV = "SENDGRID_PIPELINE_DATA_DIR"
+STATE_DIR_ENV = "SENDGRID_PIPELINE_STATE_DIR"
+STORAGE_DIR_ENV = "SENDGRID_PIPELINE_STORAGE_DIR"
+BASE_URL_ENV = "SENDGRID_BASE_URL"
+POLL_INTERVAL_ENV = "SENDGRID_POLL_INTERVAL_SECONDS"
+REFRESH_CRON_ENV = "SENDGRID_REFRESH_CRON"
+REFRESH_TIMEZONE_ENV = "SENDGRID_REFRESH_TIMEZONE"
+API_KEY_ENV = "SENDGRID_API_KEY"  # the variable's name only: its value is never read here
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+DEFAULT_POLL_INTERVAL_SECONDS = 1.0
+DEFAULT_REFRESH_CRON = "0 6 * * *"
+DEFAULT_REFRESH_TIMEZONE = "UTC"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the data, the sync state and the step outputs live; which SendGrid; when to refresh.
+
+    `state_dir` and `storage_dir` default to `<data_dir>/state` and `<data_dir>/storage`.
+    """
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    state_dir: Path | None = None  # None: <data_dir>/state
+    storage_dir: Path | None = None  # None: <data_dir>/storage
+    sendgrid_base_url: str = DEFAULT_BASE_URL
+    poll_interval_seconds: float = DEFAULT_POLL_INTERVAL_SECONDS
+    refresh_cron: str = DEFAULT_REFRESH_CRON
+    refresh_timezone: str = DEFAULT_REFRESH_TIMEZONE
+    api_key_env: str = API_KEY_ENV
+
+    def __post_init__(self) -> None:
+        data_dir = Path(self.data_dir).resolve()
+        object.__setattr__(self, "data_dir", data_dir)
+        for name, default in (("state_dir", "state"), ("storage_dir", "storage")):
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value) if value else data_dir / default)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings the environment gives (unset or empty variables: the defaults)."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            return env.get(name) or None
+
+        poll = get(POLL_INTERVAL_ENV)
+        try:
+            poll_interval = float(poll) if poll else DEFAULT_POLL_INTERVAL_SECONDS
+        except ValueError:
+            raise ConfigError(
+                f"Environment variable {POLL_INTERVAL_ENV}={poll!r}: expected a number of seconds"
+            ) from None
+        return cls(
+            data_dir=Path(get(DATA_DIR_ENV) or DEFAULT_DATA_DIR),
+            state_dir=_path(get(STATE_DIR_ENV)),
+            storage_dir=_path(get(STORAGE_DIR_ENV)),
+            sendgrid_base_url=get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+            poll_interval_seconds=poll_interval,
+            refresh_cron=get(REFRESH_CRON_ENV) or DEFAULT_REFRESH_CRON,
+            refresh_timezone=get(REFRESH_TIMEZONE_ENV) or DEFAULT_REFRESH_TIMEZONE,
+        )
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
