@@ -1,9 +1,9 @@
 """The pipeline's settings, read from the environment once, where the code location is built.
 
-This is the only product module that reads the environment. Everything else receives its
-settings as values: `definitions.py` reads them with `Settings.from_env()` and passes them on
-(the data directory to the configuration, the rest to the resources and the schedule), and
-tests, the demo and the benchmark build their own `Settings` or resources directly.
+The pipeline's code receives its settings as values: `definitions.py` reads them with
+`Settings.from_env()` and passes them on (the data directory to the configuration, the rest to
+the resources and the schedule). Tests and the demo build their resources directly; `make dev`
+and the benchmark start the Dagster CLI with these variables in its process environment.
 
 The SendGrid API key is not a setting: the deployed resource holds `dg.EnvVar(API_KEY_ENV)`,
 which Dagster resolves when a run starts and never shows, so the key is never a plain value

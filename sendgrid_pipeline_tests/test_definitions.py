@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from sendgrid_pipeline import definitions as location
+from sendgrid_pipeline.errors import ConfigError
 from sendgrid_pipeline.pipeline import EXPORT_JOB, load_validated_config
 from sendgrid_pipeline.sendgrid.resource import SendGridResource
 from sendgrid_pipeline.settings import Settings
@@ -84,6 +86,11 @@ def test_unset_or_empty_variables_give_the_documented_defaults() -> None:
         assert settings.sendgrid_base_url == "https://api.sendgrid.com"
         assert settings.poll_interval_seconds == 1.0
         assert (settings.refresh_cron, settings.refresh_timezone) == ("0 6 * * *", "UTC")
+
+
+def test_a_poll_interval_that_is_not_a_number_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="SENDGRID_POLL_INTERVAL_SECONDS='soon'"):
+        Settings.from_env({"SENDGRID_POLL_INTERVAL_SECONDS": "soon"})
 
 
 def test_the_code_location_wires_the_settings_and_keeps_the_key_an_env_var(data_dir) -> None:
