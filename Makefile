@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PROFILES ?= 100000
+LATENCY ?= fixed
 SEEDS ?= 200
 SANDBOX_PORT ?= 4010
 UI_PORT ?= 3000
@@ -35,8 +36,8 @@ dev: $(INSTALLED)  ## the sandbox plus the Dagster UI, with run history in .dags
 soak: $(INSTALLED)  ## the crash-and-change soak over SEEDS seeds (SIGKILL, change, rerun)
 	$(BIN)/python -m sendgrid_pipeline_tests.sync.test_crash_soak $(SEEDS)
 
-bench: $(INSTALLED)  ## benchmark one destination at PROFILES profiles
-	$(BIN)/python -m sendgrid_pipeline_tests.devkit.bench --profiles $(PROFILES)
+bench: $(INSTALLED)  ## benchmark one destination at PROFILES profiles (LATENCY=realistic: SendGrid-like timing)
+	$(BIN)/python -m sendgrid_pipeline_tests.devkit.bench --profiles $(PROFILES) --latency $(LATENCY)
 
 lint: $(INSTALLED)  ## ruff, then `dg check defs` (the code location loads, as [tool.dg] names it)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
