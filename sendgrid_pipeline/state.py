@@ -14,7 +14,7 @@ import io
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from sendgrid_pipeline.errors import PipelineError
 
 MEMBER_SCHEMA = {
     "email": pl.String,
@@ -94,10 +95,8 @@ def _to_blob(frame: pl.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-class StateStoreError(Exception):
+class StateStoreError(PipelineError):
     """The sync state file cannot be used; the message names it and says how to recover."""
-
-    retryable = False
 
 
 def _explain(path: Path, error: sqlite3.Error) -> StateStoreError:
@@ -349,7 +348,11 @@ class SyncStateStore:
             db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
 
     def mark_uncertain(
-        self, intent_id: int | None, destination: str, list_id: str, emails: list[str]
+        self,
+        intent_id: int | None,
+        destination: str,
+        list_id: str,
+        emails: list[str] | pl.Series,
     ) -> None:
         """An outcome we could not confirm: these members were possibly changed.
 
@@ -421,6 +424,75 @@ class SyncStateStore:
                 (destination, list_id),
             ).fetchone()
         return int(count)
+
+    def for_list(self, destination: str, list_id: str) -> ListState:
+        """A handle on one list's record, so its users never repeat (destination, list_id)."""
+        return ListState(self, destination, list_id)
+
+
+@dataclass(frozen=True)
+class ListState:
+    """One destination's list in the state store: every read and write of a sync goes here."""
+
+    store: SyncStateStore
+    destination: str
+    list_id: str
+
+    def members(self) -> pl.DataFrame:
+        """email, contact_id, contact_json, managed, uncertain for every recorded member."""
+        return self.store.members(self.destination, self.list_id)
+
+    def member_count(self) -> int:
+        return self.store.member_count(self.destination, self.list_id)
+
+    def has_uncertain(self) -> int:
+        return self.store.has_uncertain(self.destination, self.list_id)
+
+    def generation(self) -> int:
+        return self.store.generation(self.destination, self.list_id)
+
+    def last_reconciled(self) -> datetime | None:
+        return self.store.last_reconciled(self.destination, self.list_id)
+
+    def is_known(self) -> bool:
+        return self.store.is_known(self.destination, self.list_id)
+
+    def record_contact_ids(self, ids: pl.DataFrame) -> None:
+        self.store.record_contact_ids(self.destination, self.list_id, ids)
+
+    def forget(self, emails: list[str]) -> None:
+        self.store.forget(self.destination, self.list_id, emails)
+
+    def adopt(self, emails: pl.Series) -> None:
+        self.store.adopt(self.destination, self.list_id, emails)
+
+    def replace_members(self, frame: pl.DataFrame) -> None:
+        self.store.replace_members(self.destination, self.list_id, frame)
+
+    def write_intent(self, kind: str, rows: pl.DataFrame, run_id: str) -> int:
+        return self.store.write_intent(self.destination, self.list_id, kind, rows, run_id)
+
+    def intent_sent(self, intent_id: int, job_id: str) -> None:
+        self.store.intent_sent(intent_id, job_id)
+
+    def intents(self) -> list[Intent]:
+        return self.store.intents(self.destination, self.list_id)
+
+    def drop_intent(self, intent_id: int) -> None:
+        self.store.drop_intent(intent_id)
+
+    def confirm_upsert(self, intent_id: int, accepted: pl.DataFrame) -> None:
+        self.store.confirm_upsert(intent_id, self.destination, self.list_id, accepted)
+
+    def confirm_remove(self, intent_id: int, emails: list[str]) -> None:
+        self.store.confirm_remove(intent_id, self.destination, self.list_id, emails)
+
+    def mark_uncertain(self, intent_id: int | None, emails: list[str] | pl.Series) -> None:
+        self.store.mark_uncertain(intent_id, self.destination, self.list_id, emails)
+
+    def lock(self, run_id: str, wait_seconds: float = 600.0) -> AbstractContextManager[None]:
+        """The list's one-writer lock (see SyncStateStore.list_lock)."""
+        return self.store.list_lock(self.destination, self.list_id, run_id, wait_seconds)
 
 
 class SyncStateResource(dg.ConfigurableResource):

@@ -13,6 +13,8 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
+from sendgrid_pipeline.errors import PipelineError
+
 GROUP = "sendgrid_export"
 OWNERS = ["team:data-engineering"]
 DRY_RUN_TAG = "sendgrid/dry_run"
@@ -21,7 +23,7 @@ RECONCILE_TAG = "sendgrid/reconcile"
 
 
 def markdown_table(frame: pl.DataFrame) -> dg.MetadataValue:
-    """A small frame as a markdown table (the UI renders it in the metadata panel)."""
+    """A small frame as a markdown table, for a matrix whose columns vary from run to run."""
     if frame.height == 0:
         return dg.MetadataValue.md("_(none)_")
     header = "| " + " | ".join(frame.columns) + " |"
@@ -31,6 +33,33 @@ def markdown_table(frame: pl.DataFrame) -> dg.MetadataValue:
         for row in frame.iter_rows()
     ]
     return dg.MetadataValue.md("\n".join([header, rule, *rows]))
+
+
+def _column_type(dtype: pl.DataType) -> str:
+    if dtype == pl.Boolean:
+        return "bool"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    return "string"
+
+
+def table_metadata(frame: pl.DataFrame) -> dg.MetadataValue:
+    """A small frame as a typed table (sortable in the UI, readable through the API).
+
+    Values other than numbers and booleans are shown as text: a table cell holds scalars only.
+    """
+    columns = [dg.TableColumn(name, _column_type(dtype)) for name, dtype in frame.schema.items()]
+    text = [
+        pl.col(name).cast(pl.String)
+        for name, column in zip(frame.columns, columns, strict=True)
+        if column.type == "string"
+    ]
+    rows = frame.with_columns(text).to_dicts() if text else frame.to_dicts()
+    return dg.MetadataValue.table(
+        [dg.TableRecord(row) for row in rows], dg.TableSchema(columns=columns)
+    )
 
 
 def tag_is_true(context: dg.AssetExecutionContext, tag: str) -> bool:
@@ -121,18 +150,22 @@ def _latest_materialization(
 
 @contextmanager
 def retry_only_transient() -> Iterator[None]:
-    """Let the step's RetryPolicy retry only what may pass on a second try.
+    """Let the step's RetryPolicy retry exactly what may pass on a second try.
 
-    Errors that say so (`retryable`: 429, 5xx, timeouts, a job still running) are retried;
-    everything else (a refused request, a bad config, a bug of ours) fails at once, with its
-    message and traceback kept as the cause.
+    A PipelineError is retried when it says so (`retryable`: 429, 5xx, timeouts, a job still
+    running) and fails at once otherwise (a refused request, a bad config). Any other exception
+    is a bug of ours: it is never retried (Dagster would retry it by default), and its message
+    and traceback are kept as the cause.
     """
     try:
         yield
     except (dg.Failure, dg.DagsterError):
         raise
-    except Exception as error:
+    except PipelineError as error:
         raise dg.Failure(
-            description=f"{type(error).__name__}: {error}",
-            allow_retries=bool(getattr(error, "retryable", False)),
+            description=f"{type(error).__name__}: {error}", allow_retries=error.retryable
+        ) from error
+    except Exception as error:  # re-raised at once as a failure that is not retried
+        raise dg.Failure(
+            description=f"{type(error).__name__}: {error}", allow_retries=False
         ) from error

@@ -14,8 +14,8 @@ from sendgrid_pipeline.assets.common import (
     GROUP,
     OWNERS,
     add_partition_metadata,
-    markdown_table,
     partition_check_results,
+    table_metadata,
 )
 from sendgrid_pipeline.checks import (
     CAP_CHECK,
@@ -139,7 +139,7 @@ def build_contacts_asset(
                 "segments": ", ".join(destination.segments),
                 "excluded_segments": ", ".join(destination.exclude_segments) or "(none)",
                 "profile_cap": destination.profile_cap,
-                "rejected_sample (masked)": markdown_table(masked),
+                "rejected_sample (masked)": table_metadata(masked),
                 "rejected_report": dg.MetadataValue.path(str(report_path)),
                 "rejected_report_schema": create_table_schema_metadata_from_dataframe(report),
             }

@@ -1,8 +1,10 @@
 """sendgrid_list_sync: make each destination's SendGrid list hold exactly its contacts."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -15,18 +17,17 @@ from sendgrid_pipeline.assets.common import (
     GROUP,
     OWNERS,
     RECONCILE_TAG,
-    markdown_table,
     partition_check_results,
     retry_only_transient,
+    table_metadata,
     tag_is_true,
 )
 from sendgrid_pipeline.assets.contacts import reports_dir
 from sendgrid_pipeline.assets.sync_checks import LIST_SIZE_CHECK, list_size_result
 from sendgrid_pipeline.config import Destination, PipelineConfig
-from sendgrid_pipeline.errors import ConfigError
-from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError, UnsafeUrlError
+from sendgrid_pipeline.errors import PipelineError
 from sendgrid_pipeline.sendgrid.resource import SendGridResource
-from sendgrid_pipeline.state import StateStoreError, SyncStateResource
+from sendgrid_pipeline.state import SyncStateResource
 from sendgrid_pipeline.sync.apply import (
     DestinationSync,
     SyncOptions,
@@ -70,18 +71,6 @@ def preflight(destination: Destination, contacts: pl.DataFrame) -> None:
             "Narrow its segments or raise profile_cap (SendGrid contracts limit contacts too). "
             "Nothing was sent."
         )
-
-
-# What one destination's sync may fail with and still leave the others running. Anything else
-# is a bug of ours and fails the step at once, with its traceback, never retried.
-SYNC_ERRORS = (
-    SyncRefused,
-    SendGridError,
-    SendGridJobError,
-    StateStoreError,
-    ConfigError,
-    UnsafeUrlError,
-)
 
 
 def rejected_too_many(destination: Destination, report: SyncReport) -> str:
@@ -150,8 +139,8 @@ def report_metadata(report: SyncReport, base_url: str) -> dict:
         # backup (its count is lower than this) and reconcile
         "state_generation": report.state_generation,
         "job_ids": ", ".join(report.job_ids[:50]) or "(none)",
-        "plan_sample (masked)": markdown_table(report.sample),
-        "rejected_by_sendgrid_sample (masked)": markdown_table(masked_rejections(report.rejected)),
+        "plan_sample (masked)": table_metadata(report.sample),
+        "rejected_by_sendgrid_sample (masked)": table_metadata(masked_rejections(report.rejected)),
     }
 
 
@@ -161,6 +150,178 @@ def write_sendgrid_rejections(pipeline: PipelineConfig, key: str, rejected: pl.D
     path.parent.mkdir(parents=True, exist_ok=True)
     rejected.write_csv(path)
     return path
+
+
+@dataclass(frozen=True)
+class RunChoices:
+    """What the run asked for, from the launchpad config or the run's tags."""
+
+    dry_run: bool = False
+    allow_mass_removal: bool = False
+    reconcile: bool = False
+
+
+def run_choices(context: dg.AssetExecutionContext, config: SyncConfig) -> RunChoices:
+    """The launchpad's options or the run tags; a launchpad dry run is tagged so it shows."""
+    choices = RunChoices(
+        dry_run=config.dry_run or tag_is_true(context, DRY_RUN_TAG),
+        allow_mass_removal=config.allow_mass_removal
+        or tag_is_true(context, ALLOW_MASS_REMOVAL_TAG),
+        reconcile=config.reconcile or tag_is_true(context, RECONCILE_TAG),
+    )
+    if choices.dry_run and not tag_is_true(context, DRY_RUN_TAG):
+        # chosen in the launchpad: make it visible in the runs list as well
+        context.instance.add_run_tags(context.run_id, {DRY_RUN_TAG: "true"})
+    return choices
+
+
+@dataclass
+class DestinationOutcome:
+    """One destination's sync: its metadata and check when it synced, a failure when it did
+    not. A sync can have both: it synced, but its rejected rows fail it (on_rejected_rows)."""
+
+    destination: str
+    metadata: dict[str, Any] | None = None
+    check: dg.AssetCheckResult | None = None
+    failure: str = ""
+    retryable: bool = False  # whether the failure may pass on a retry
+
+
+def run_destination_sync(
+    context: dg.AssetExecutionContext,
+    destination: Destination,
+    contacts: pl.DataFrame,
+    choices: RunChoices,
+    sendgrid: SendGridResource,
+    sync_state: SyncStateResource,
+) -> SyncReport:
+    """Preflight, resolve custom fields, then plan and apply the destination's sync."""
+    preflight(destination, contacts)
+    options = SyncOptions(
+        dry_run=choices.dry_run,
+        max_removal_share=destination.max_removal_share,
+        allow_mass_removal=choices.allow_mass_removal or destination.allow_mass_removal,
+        reconcile=choices.reconcile,
+        witnessed_generation=witnessed_generation(context, destination.name),
+        reconcile_every=(
+            timedelta(days=destination.reconcile_every_days)
+            if destination.reconcile_every_days
+            else None
+        ),
+    )
+    client = sendgrid.client(destination.api_key_env)
+    custom_ids = resolve_custom_field_ids(client, destination, context.log, choices.dry_run)
+    sync = DestinationSync(
+        client,
+        sync_state.store(),
+        destination,
+        context.log,
+        options,
+        custom_ids=custom_ids,
+        run_id=context.run_id,
+    )
+    return sync.run(contacts)
+
+
+def sync_destination(
+    context: dg.AssetExecutionContext,
+    pipeline: PipelineConfig,
+    destination: Destination,
+    contacts: pl.DataFrame,
+    choices: RunChoices,
+    sendgrid: SendGridResource,
+    sync_state: SyncStateResource,
+) -> DestinationOutcome:
+    """One destination's sync, as metadata or a failure, so it never stops the others.
+
+    Only a PipelineError is a destination's failure; anything else is a bug of ours and
+    propagates to fail the step at once (never retried, see retry_only_transient).
+    """
+    key = destination.name
+    try:
+        report = run_destination_sync(context, destination, contacts, choices, sendgrid, sync_state)
+    except PipelineError as error:
+        context.log.error("%s: %s", key, error)
+        return DestinationOutcome(key, failure=str(error), retryable=error.retryable)
+    context.log.info(
+        "%s: %s; upserted %d (created %d, updated %d), removed %d, rejected %d; "
+        "list now has %d contacts",
+        key,
+        "DRY RUN, nothing sent" if choices.dry_run else "synced",
+        report.upserted,
+        report.created,
+        report.updated,
+        report.removed,
+        report.rejected.height,
+        report.list_count_after,
+    )
+    outcome = DestinationOutcome(key)
+    too_many = rejected_too_many(destination, report)
+    if too_many:
+        context.log.error("%s: %s", key, too_many)
+        outcome.failure = too_many
+    else:
+        outcome.metadata = report_metadata(report, sendgrid.base_url)
+        outcome.check = list_size_result(key, report.list_count_after, report.recorded_members)
+    if report.rejected.height:
+        path = write_sendgrid_rejections(pipeline, key, report.rejected)
+        if outcome.metadata is not None:
+            outcome.metadata["rejected_by_sendgrid_report"] = dg.MetadataValue.path(str(path))
+        context.log.warning(
+            "%s: SendGrid rejected %d row(s); they are not recorded as synced and are "
+            "retried on the next sync. Details: %s",
+            key,
+            report.rejected.height,
+            path,
+        )
+        if destination.on_rejected_rows == "fail" and not outcome.failure:
+            outcome.failure = (
+                f"SendGrid rejected {report.rejected.height} row(s) (on_rejected_rows: "
+                f"fail); every other contact was synced. Details: {path}"
+            )
+    return outcome
+
+
+def outcome_events(
+    context: dg.AssetExecutionContext, outcomes: Sequence[DestinationOutcome], dry_run: bool
+) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.Output | dg.AssetCheckEvaluation]:
+    """One materialization per destination that synced, each with its own figures.
+
+    Also in a run over several destinations, so the UI plots every destination's history. A
+    dry run changes nothing: it is an observation (the plan), never a materialization, so it
+    cannot turn a partition green or hide an earlier failure.
+    """
+    event = dg.AssetObservation if dry_run else dg.AssetMaterialization
+    synced = [o for o in outcomes if o.metadata is not None]
+    for outcome in synced:
+        yield event(context.asset_key, partition=outcome.destination, metadata=outcome.metadata)
+    if dry_run:  # nothing synced, nothing to check: the check's output, no result
+        assets_def = context.op_execution_context.assets_def
+        check_key = dg.AssetCheckKey(context.asset_key, LIST_SIZE_CHECK)
+        if check_key in context.op_execution_context.selected_asset_check_keys:
+            name = assets_def.get_output_name_for_asset_check_key(check_key)
+            yield dg.Output(None, output_name=name)
+    else:
+        checks = {o.destination: [o.check] for o in synced if o.check is not None}
+        yield from partition_check_results(context, checks)
+
+
+def fail_if_any_failed(outcomes: Sequence[DestinationOutcome]) -> None:
+    """After every destination ran: one step failure naming each failed destination.
+
+    Retried when any destination's failure may pass on a retry: the retry runs every
+    destination of the step again, and a list already in sync plans nothing.
+    """
+    failed = [o for o in outcomes if o.failure]
+    if not failed:
+        return
+    synced = ", ".join(o.destination for o in outcomes if o.metadata is not None) or "none"
+    raise dg.Failure(
+        description="Sync failed for "
+        + "; ".join(f"{o.destination}: {o.failure}" for o in failed)
+        + f" (synced without error: {synced})",
+        allow_retries=any(o.retryable for o in failed),
+    )
 
 
 def build_sync_asset(
@@ -205,112 +366,20 @@ def build_sync_asset(
         dg.AssetMaterialization | dg.AssetObservation | dg.Output | dg.AssetCheckEvaluation
     ]:
         with retry_only_transient():
-            dry_run = config.dry_run or tag_is_true(context, DRY_RUN_TAG)
-            override = config.allow_mass_removal or tag_is_true(context, ALLOW_MASS_REMOVAL_TAG)
-            reconcile = config.reconcile or tag_is_true(context, RECONCILE_TAG)
-            if dry_run and not tag_is_true(context, DRY_RUN_TAG):
-                # chosen in the launchpad: make it visible in the runs list as well
-                context.instance.add_run_tags(context.run_id, {DRY_RUN_TAG: "true"})
-            per_destination: dict[str, dict] = {}
-            checks: dict[str, list[dg.AssetCheckResult]] = {}
-            failures: dict[str, str] = {}
-            retryable = False
-            for key in context.partition_keys:
-                destination = pipeline.destination(key)
-                contacts = sendgrid_contacts.filter(pl.col("destination") == key)
-                try:
-                    preflight(destination, contacts)
-                    options = SyncOptions(
-                        dry_run=dry_run,
-                        max_removal_share=destination.max_removal_share,
-                        allow_mass_removal=override or destination.allow_mass_removal,
-                        reconcile=reconcile,
-                        witnessed_generation=witnessed_generation(context, key),
-                        reconcile_every=(
-                            timedelta(days=destination.reconcile_every_days)
-                            if destination.reconcile_every_days
-                            else None
-                        ),
-                    )
-                    client = sendgrid.client(destination.api_key_env)
-                    custom_ids = resolve_custom_field_ids(client, destination, context.log, dry_run)
-                    sync = DestinationSync(
-                        client,
-                        sync_state.store(),
-                        destination,
-                        context.log,
-                        options,
-                        custom_ids=custom_ids,
-                        run_id=context.run_id,
-                    )
-                    report = sync.run(contacts)
-                except SYNC_ERRORS as error:
-                    # One destination's failure never stops the others; retry only what may pass.
-                    context.log.error("%s: %s", key, error)
-                    failures[key] = str(error)
-                    retryable |= bool(getattr(error, "retryable", False))
-                    continue
-                context.log.info(
-                    "%s: %s; upserted %d (created %d, updated %d), removed %d, rejected %d; "
-                    "list now has %d contacts",
-                    key,
-                    "DRY RUN, nothing sent" if dry_run else "synced",
-                    report.upserted,
-                    report.created,
-                    report.updated,
-                    report.removed,
-                    report.rejected.height,
-                    report.list_count_after,
+            choices = run_choices(context, config)
+            outcomes = [
+                sync_destination(
+                    context,
+                    pipeline,
+                    pipeline.destination(key),
+                    sendgrid_contacts.filter(pl.col("destination") == key),
+                    choices,
+                    sendgrid,
+                    sync_state,
                 )
-                too_many = rejected_too_many(destination, report)
-                if too_many:
-                    context.log.error("%s: %s", key, too_many)
-                    failures[key] = too_many
-                else:
-                    per_destination[key] = report_metadata(report, sendgrid.base_url)
-                    checks[key] = [
-                        list_size_result(key, report.list_count_after, report.recorded_members)
-                    ]
-                if report.rejected.height:
-                    path = write_sendgrid_rejections(pipeline, key, report.rejected)
-                    if key in per_destination:
-                        per_destination[key]["rejected_by_sendgrid_report"] = dg.MetadataValue.path(
-                            str(path)
-                        )
-                    context.log.warning(
-                        "%s: SendGrid rejected %d row(s); they are not recorded as synced and are "
-                        "retried on the next sync. Details: %s",
-                        key,
-                        report.rejected.height,
-                        path,
-                    )
-                    if destination.on_rejected_rows == "fail" and key not in failures:
-                        failures[key] = (
-                            f"SendGrid rejected {report.rejected.height} row(s) (on_rejected_rows: "
-                            f"fail); every other contact was synced. Details: {path}"
-                        )
-            # One materialization per destination that synced, each with its own figures (also in a
-            # run over several destinations), so the UI plots every destination's history.
-            # A dry run changes nothing: it is an observation (the plan), never a materialization,
-            # so it cannot turn a partition green or hide an earlier failure.
-            event = dg.AssetObservation if dry_run else dg.AssetMaterialization
-            for key, metadata in per_destination.items():
-                yield event(context.asset_key, partition=key, metadata=metadata)
-            if dry_run:  # nothing synced, nothing to check: the check's output, no result
-                assets_def = context.op_execution_context.assets_def
-                check_key = dg.AssetCheckKey(context.asset_key, LIST_SIZE_CHECK)
-                if check_key in context.op_execution_context.selected_asset_check_keys:
-                    name = assets_def.get_output_name_for_asset_check_key(check_key)
-                    yield dg.Output(None, output_name=name)
-            else:
-                yield from partition_check_results(context, checks)
-            if failures:
-                synced = ", ".join(per_destination) or "none"
-                raise dg.Failure(
-                    description="Sync failed for "
-                    + "; ".join(f"{d}: {m}" for d, m in failures.items())
-                    + f" (synced without error: {synced})",
-                    allow_retries=retryable,
-                )
+                for key in context.partition_keys
+            ]
+            yield from outcome_events(context, outcomes, choices.dry_run)
+            fail_if_any_failed(outcomes)
 
     return sendgrid_list_sync

@@ -1,8 +1,9 @@
 """The SendGrid Marketing API client: the pipeline's one HTTP choke point.
 
 Every request goes through `make_request`, which sets the timeout, paces itself from the
-X-RateLimit-* headers, retries only what is safe to retry (429, 5xx, timeouts, dropped
-connections) with exponential backoff and jitter, and turns every other answer into a typed error.
+X-RateLimit-* headers, and does what `sendgrid.errors.ERROR_MAPPING` says for every failure:
+retry what is safe to retry (429, 5xx, timeouts, dropped connections) with exponential backoff
+and jitter, and turn every other answer into the typed error the table names.
 It is also where the API key is guarded: it goes only to the configured API origin (checked the
 way requests will connect to it), never to a download link SendGrid hands back, and nothing goes
 over plain http except to a loopback sandbox.
@@ -26,15 +27,15 @@ import requests
 from urllib3.util import parse_url
 
 from sendgrid_pipeline.sendgrid.errors import (
+    Action,
     ApiErrorDetail,
     InsecureTransportError,
-    SendGridAuthError,
-    SendGridBadRequestError,
+    Resolution,
     SendGridError,
     SendGridJobError,
     SendGridNotFoundError,
-    SendGridUnavailableError,
     UnsafeUrlError,
+    resolve,
 )
 
 DEFAULT_BASE_URL = "https://api.sendgrid.com"
@@ -44,7 +45,6 @@ SEARCH_EMAIL_MAX_LENGTH = 100  # the email search refuses longer addresses (Open
 SGQL_MAX_RESULTS = 50  # POST /v3/marketing/contacts/search returns the first 50 matches
 REMOVE_IDS_PER_REQUEST = 100  # keeps the DELETE URL short (~3.7 kB of ids)
 TERMINAL_JOB_STATUSES = frozenset({"completed", "errored", "failed"})
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 log = logging.getLogger(__name__)
 
@@ -316,13 +316,13 @@ class SendGridClient:
                 break
             url = urljoin(response.url or url, location)
             params = None  # the new location carries its own query
-        raise SendGridError(
+        resolution = resolve(response.status_code)  # a 3xx: the table fails it
+        raise resolution.error(
             method,
             urlsplit(path).path,
             response.status_code,
             [],
-            "SendGrid answered with a redirect the client does not follow (only GET, at most "
-            f"{MAX_REDIRECTS} hops)",
+            f"{resolution.explanation}: {MAX_REDIRECTS} hops",
         )
 
     def _target(self, path: str) -> tuple[str, bool]:
@@ -371,15 +371,15 @@ class SendGridClient:
                     allow_redirects=False,
                 )
             except (requests.ConnectionError, requests.Timeout) as error:
+                resolution = resolve(error)
                 reason = type(error).__name__
                 if attempt >= self.max_retries:
-                    raise SendGridUnavailableError(
+                    raise resolution.error(
                         method,
                         display,
                         None,
                         [ApiErrorDetail(reason)],
-                        f"Gave up after {attempt + 1} attempts; the request may have been "
-                        "applied: it was written ahead, and the next sync checks it",
+                        f"Gave up after {attempt + 1} attempts; {resolution.explanation}",
                     ) from None
                 self._backoff(attempt, method, display, reason)
                 attempt += 1
@@ -388,14 +388,15 @@ class SendGridClient:
                 self._note_rate_limit(response)
             if response.status_code < 400:
                 return response
-            if response.status_code in RETRYABLE_STATUSES and attempt < self.max_retries:
-                if response.status_code == 429:
+            resolution = resolve(response.status_code, download=not with_key)
+            if resolution.retry and attempt < self.max_retries:
+                if resolution.action is Action.WAIT_FOR_RESET:
                     self._wait_for_reset(response, attempt)
                 else:
                     self._backoff(attempt, method, display, f"HTTP {response.status_code}")
                 attempt += 1
                 continue
-            raise self._error_for(method, display, response, attempt, with_key)
+            raise self._error_for(method, display, response, attempt, resolution)
 
     def _respect_rate_limit(self) -> None:
         if self._rate_limit_reset is None:
@@ -446,7 +447,7 @@ class SendGridClient:
     def _details(response: requests.Response) -> list[ApiErrorDetail]:
         try:
             payload = response.json()
-        except ValueError:
+        except requests.JSONDecodeError:
             text = response.text.strip()
             code = re.search(r"<Code>([^<]{1,100})</Code>", text)
             if code:  # a storage (S3) error: its other elements may echo the link's signature
@@ -464,52 +465,20 @@ class SendGridClient:
         return []
 
     def _error_for(
-        self, method: str, path: str, response: requests.Response, attempt: int, with_key: bool
+        self,
+        method: str,
+        path: str,
+        response: requests.Response,
+        attempt: int,
+        resolution: Resolution,
     ) -> SendGridError:
-        status = response.status_code
-        details = self._details(response)
-        if status in (401, 403) and not with_key:
-            return SendGridError(
-                method,
-                path,
-                status,
-                details,
-                "The download link was refused; SendGrid's links expire, so the next run "
-                "asks SendGrid for a fresh one",
-            )
-        if status == 401:
-            return SendGridAuthError(
-                method,
-                path,
-                status,
-                details,
-                "The API key was rejected: it is wrong, revoked or expired. Create a key with "
-                "Marketing access in SendGrid (Settings > API Keys) and put it in the "
-                "destination's api_key_env environment variable",
-            )
-        if status == 403:
-            return SendGridAuthError(
-                method,
-                path,
-                status,
-                details,
-                "The API key is valid but may not use this endpoint: give it the Marketing "
-                "(marketing.read, which includes write) scope; SendGrid also answers 403 "
-                "after too many bad requests",
-            )
-        if status == 404:
-            return SendGridNotFoundError(method, path, status, details)
-        if status in (400, 413, 422):
-            return SendGridBadRequestError(method, path, status, details)
-        if status in RETRYABLE_STATUSES:
-            return SendGridUnavailableError(
-                method,
-                path,
-                status,
-                details,
-                f"Still failing after {attempt + 1} attempts; a rerun resumes safely",
-            )
-        return SendGridError(method, path, status, details)
+        """The table's error for this answer, with SendGrid's own messages and its advice."""
+        explanation = resolution.explanation
+        if resolution.retry:  # retried to the end of the budget
+            explanation = f"Gave up after {attempt + 1} attempts; {explanation}"
+        return resolution.error(
+            method, path, response.status_code, self._details(response), explanation
+        )
 
     # -- endpoints -------------------------------------------------------------------------
     def get_list(self, list_id: str) -> dict[str, Any]:

@@ -10,12 +10,16 @@ import logging
 import time
 
 from sendgrid_pipeline.config import Destination
+from sendgrid_pipeline.errors import PipelineError
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.sendgrid.errors import SendGridJobError
 
 
-class CustomFieldError(ValueError):
-    """A mapped custom field is missing in SendGrid or has another type; nothing was sent."""
+class CustomFieldError(PipelineError):
+    """A mapped custom field is missing in SendGrid or has another type; nothing was sent.
+
+    A destination's failure: the other destinations still sync.
+    """
 
 
 def resolve_custom_field_ids(

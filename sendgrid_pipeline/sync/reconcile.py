@@ -9,12 +9,90 @@ are left alone unless the destination owns its list (`owns_list: true`).
 from __future__ import annotations
 
 import io
+import logging
+from datetime import UTC, datetime
 
 import polars as pl
 
+from sendgrid_pipeline.config import Destination
 from sendgrid_pipeline.sendgrid.client import SendGridClient
-from sendgrid_pipeline.state import MEMBER_SCHEMA
-from sendgrid_pipeline.transform import as_text, contact_json, number_text
+from sendgrid_pipeline.state import MEMBER_SCHEMA, ListState
+from sendgrid_pipeline.sync.options import SyncOptions
+from sendgrid_pipeline.transform import as_text, contact_json, number_custom_fields, number_text
+
+
+class Reconciler:
+    """Decides whether one list's record must be rebuilt from the list, and rebuilds it."""
+
+    def __init__(
+        self,
+        client: SendGridClient,
+        state: ListState,
+        destination: Destination,
+        options: SyncOptions,
+        custom_ids: dict[str, str],
+        log: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
+        self.client = client
+        self.state = state
+        self.destination = destination
+        self.options = options
+        self.custom_ids = custom_ids
+        self.log = log
+        self.stale_state = False  # set when the state is older than the last sync
+
+    def reason(self, recorded: pl.DataFrame, list_count: int, uncertain: int) -> str:
+        """Why the record cannot be trusted as it is, or "" when it can."""
+        if self.options.reconcile:
+            return "requested"
+        last = self.state.last_reconciled()
+        if last is None:
+            return "no record of this list yet"
+        if uncertain:
+            return f"{uncertain} member(s) with an unconfirmed change"
+        witnessed = self.options.witnessed_generation
+        generation = self.state.generation()
+        if witnessed is not None and generation < witnessed:
+            self.stale_state = True
+            return (
+                f"the state is older than the last sync (it records {generation} changes, the "
+                f"last sync reported {witnessed}): restored from an older backup?"
+            )
+        if list_count < recorded.height:
+            return f"the list holds {list_count} contacts but {recorded.height} are recorded"
+        every = self.options.reconcile_every
+        if every is not None and datetime.now(UTC) - last >= every:
+            return f"last reconciled {last:%Y-%m-%d %H:%M} UTC, over {every.days} day(s) ago"
+        return ""
+
+    def rebuild(self, desired: pl.DataFrame, recorded: pl.DataFrame, reason: str) -> pl.DataFrame:
+        """Read the list's true membership and rebuild the record (kept in memory on dry runs)."""
+        on_list = read_list_members(
+            self.client,
+            self.state.list_id,
+            list(self.destination.field_mapping.as_dict()),
+            self.custom_ids,
+            number_custom_fields(self.destination.field_mapping),
+            fallback=desired,
+        )
+        # After a restored backup, members the old record does not know were added since the
+        # backup (by us, as a rule): they are ours, and the removal brake still applies.
+        rebuilt = reconciled_members(
+            on_list,
+            recorded,
+            desired["email"],
+            self.destination.owns_list or self.stale_state,
+        )
+        if not self.options.dry_run:
+            self.state.replace_members(rebuilt)
+        self.log.info(
+            "%s: reconciled with the list (%s): %d contacts on it, %d managed by us",
+            self.destination.name,
+            reason,
+            rebuilt.height,
+            int(rebuilt["managed"].sum()),
+        )
+        return rebuilt.with_columns(pl.lit(False).alias("uncertain"))
 
 
 def read_list_members(
