@@ -6,8 +6,10 @@ log; no data file is read), `text_columns` and customer_id are read as text (a w
 every commit (append, overwrite, delete, merge) changes it and nothing else does. Each read
 pins one snapshot: the rows, and the version errors name, come from the same commit.
 
-Cloud tables (s3://, az://, gs://) take their credentials from the environment, as Polars
-and deltalake do by default; none is configured here.
+Cloud tables (s3://, az://, gs://) take their connection settings from the standard
+environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) unless `storage_options` gives them
+(keys of the Rust object_store crate, as deltalake and polars document them: `aws_region`,
+`aws_endpoint_url`, ...). Option values never appear in a repr or a message.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ class DeltaProfileSource(dg.ConfigurableResource):
     table_uri: str = Field(
         description="The Delta table: a directory path, or an s3://, az:// or gs:// URI.",
     )
+    storage_options: dict[str, str] | None = Field(
+        default=None,
+        repr=False,
+        description="Object-store options (aws_region, aws_endpoint_url, credentials...); "
+        "empty takes them from the environment. Never shown.",
+    )
     version: int | None = Field(
         default=None,
         ge=0,
@@ -50,19 +58,21 @@ class DeltaProfileSource(dg.ConfigurableResource):
                 f"{self.label}: reading a Delta table needs the deltalake package ({error})"
             ) from None
         try:
-            return DeltaTable(self.table_uri, version=self.version)
+            return DeltaTable(
+                self.table_uri, version=self.version, storage_options=self.storage_options
+            )
         except Exception as error:  # TableNotFoundError, an unknown version, storage errors
             raise ProfileDataError(
-                f"{self.label}: cannot open the table: {_first_line(error)}"
+                f"{self.label}: cannot open the table: {self._detail(error)}"
             ) from None
 
     def _scan(self) -> tuple[pl.LazyFrame, int]:
         table = self._table()
         try:
-            return pl.scan_delta(table), table.version()
+            return pl.scan_delta(table, storage_options=self.storage_options), table.version()
         except Exception as error:
             raise ProfileDataError(
-                f"{self.label}: cannot read the table: {_first_line(error)}"
+                f"{self.label}: cannot read the table: {self._detail(error)}"
             ) from None
 
     def fingerprint(self) -> str:
@@ -92,7 +102,7 @@ class DeltaProfileSource(dg.ConfigurableResource):
             frame = (lazy.with_columns(texts) if texts else lazy).collect()
         except (pl.exceptions.PolarsError, OSError) as error:
             raise ProfileDataError(
-                f"{self.label}: cannot read version {version}: {_first_line(error)}"
+                f"{self.label}: cannot read version {version}: {self._detail(error)}"
             ) from None
         return LocatedRows(
             frame, f"Delta table version {version}", "rows are numbered in the table's scan order"
@@ -103,7 +113,7 @@ class DeltaProfileSource(dg.ConfigurableResource):
             schema = lazy.collect_schema()
         except (pl.exceptions.PolarsError, OSError) as error:
             raise ProfileDataError(
-                f"{self.label}: cannot read the table schema: {_first_line(error)}"
+                f"{self.label}: cannot read the table schema: {self._detail(error)}"
             ) from None
         if "customer_id" not in schema:
             shown = ", ".join(map(repr, list(schema)[:20]))
@@ -111,6 +121,14 @@ class DeltaProfileSource(dg.ConfigurableResource):
                 f"{self.label}: the table has no customer_id column; its columns: {shown}"
             )
         return schema
+
+    def _detail(self, error: BaseException) -> str:
+        """The error's first line, without any storage option value (credentials)."""
+        text = _first_line(error)
+        for value in sorted((self.storage_options or {}).values(), key=len, reverse=True):
+            if len(value) >= 4:  # short values (a region such as "eu") are no secret
+                text = text.replace(value, "***")
+        return text
 
     @staticmethod
     def _target(schema: pl.Schema, text_columns: set[str]) -> dict[str, pl.DataType]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -494,3 +495,48 @@ def test_sample_csv_text_columns_are_the_generator_overrides(sample: pl.DataFram
     """The sample table is loaded with the generator's CSV text columns as text."""
     assert all(sample.schema[c] == pl.String for c in CSV_SCHEMA_OVERRIDES)
     assert generate_profiles(5).schema == sample.schema
+
+
+@pytest.fixture(scope="module")
+def s3_options() -> Iterator[dict[str, str]]:
+    """Storage options reaching a new bucket on an in-process S3 emulator (moto) on loopback."""
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "aws_access_key_id": "moto-key",
+        "aws_secret_access_key": "moto-secret-never-shown",
+        "aws_region": "us-east-1",
+        "aws_endpoint_url": f"http://{host}:{port}",
+        "aws_allow_http": "true",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=options["aws_endpoint_url"],
+        aws_access_key_id=options["aws_access_key_id"],
+        aws_secret_access_key=options["aws_secret_access_key"],
+        region_name=options["aws_region"],
+    ).create_bucket(Bucket="profile-lake")
+    try:
+        yield options
+    finally:
+        server.stop()
+
+
+def test_delta_table_on_an_object_store(s3_options: dict[str, str], sample: pl.DataFrame) -> None:
+    uri = "s3://profile-lake/profiles"
+    sample.write_delta(uri, storage_options=s3_options)
+    source = DeltaProfileSource(table_uri=uri, storage_options=s3_options)
+    assert "moto-secret" not in repr(source)
+    files = FileProfileSource(directory=str(SAMPLE_DIR)).read(TEXT_COLUMNS)
+    assert_frame_equal(source.read(TEXT_COLUMNS), files)
+    before = source.fingerprint()
+    sample.head(1).write_delta(uri, mode="append", storage_options=s3_options)
+    assert source.fingerprint() != before
+    missing = DeltaProfileSource(table_uri="s3://profile-lake/nowhere", storage_options=s3_options)
+    with pytest.raises(ProfileDataError, match="s3://profile-lake/nowhere: cannot open") as raised:
+        missing.schema()
+    assert "moto-secret" not in str(raised.value)
