@@ -38,3 +38,49 @@ def postgres_dsn() -> Iterator[str]:
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+# -- an S3 emulator on loopback (moto) ------------------------------------------------------------
+MOTO_CREDENTIALS = {
+    "aws_access_key_id": "moto-test-key",
+    "aws_secret_access_key": "moto-test-secret",
+    "aws_region": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """The URL of an in-process S3 emulator on 127.0.0.1 and a free port, for the session."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have moto[server] (a dev dependency) for the object-store tests")
+        pytest.skip("moto[server] is not installed (a dev dependency)")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint: str) -> tuple[str, dict[str, str]]:
+    """A new, empty bucket on the emulator: (its name, the storage options that reach it)."""
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:16]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        aws_access_key_id=MOTO_CREDENTIALS["aws_access_key_id"],
+        aws_secret_access_key=MOTO_CREDENTIALS["aws_secret_access_key"],
+        region_name=MOTO_CREDENTIALS["aws_region"],
+    )
+    client.create_bucket(Bucket=name)
+    return name, {**MOTO_CREDENTIALS, "aws_endpoint_url": moto_endpoint}
