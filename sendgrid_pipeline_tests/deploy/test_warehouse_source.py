@@ -237,6 +237,16 @@ def test_qualified_and_quoted_table_names(postgres_dsn: str) -> None:
     assert source.read_located(set()).describe(0) == 'table crm."Profiles" row 1'
 
 
+def test_queries_with_ctes_percent_signs_and_parameters_of_their_own(loaded: str) -> None:
+    query = """
+        WITH gmail AS (SELECT * FROM profiles WHERE email ILIKE '%@gmail.com%')
+        SELECT customer_id, postal_code, '%s %(x)s ?' AS literal FROM gmail LIMIT 5
+    """
+    frame = SqlProfileSource(uri=loaded, query=query).read({"postal_code"})
+    assert frame.height == 5
+    assert frame["literal"].to_list() == ["%s %(x)s ?"] * 5
+
+
 def test_the_query_can_only_read(loaded: str) -> None:
     for query in (
         "SELECT 1 AS customer_id; DROP TABLE profiles",
