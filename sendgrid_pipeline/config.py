@@ -74,6 +74,14 @@ MAX_EXPRESSION_OPERATORS = 256  # every operator: AND, OR, NOT, comparisons, ari
 
 MEMBERSHIP_SUFFIXES = (".csv", ".parquet")
 
+# <data dir>/profile_source.yaml: where the profiles come from (absent: <data dir>/profiles/).
+PROFILE_SOURCE_FILE = "profile_source.yaml"
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A qualified table name: dot-separated identifiers, each plain or double-quoted.
+_SQL_IDENTIFIER = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
+SQL_TABLE_NAME = re.compile(rf"{_SQL_IDENTIFIER}(?:\.{_SQL_IDENTIFIER}){{0,2}}")
+MAX_QUERY_CHARS = 100_000
+
 
 class UnsafeExpressionError(ValueError):
     """A rule or mapped value that is not a bounded expression over profile columns."""
@@ -528,6 +536,121 @@ class Segment(_Strict):
         return parse_expression(self.rule) if self.rule is not None else pl.lit(False)
 
 
+ProfileSourceKind = Literal["files", "sql", "delta"]
+# The keys each kind takes besides `kind`.
+PROFILE_SOURCE_KEYS: dict[str, tuple[str, ...]] = {
+    "files": (),
+    "sql": ("uri_env", "table", "query", "updated_at_column", "engine", "connect_timeout"),
+    "delta": ("table_uri", "version"),
+}
+
+
+class ProfileSourceSpec(_Strict):
+    """Where the profiles come from: `<data dir>/profile_source.yaml` (absent: the files).
+
+    kind files: the CSV/Parquet files of <data dir>/profiles/. kind sql: a PostgreSQL table or
+    query; `uri_env` is the NAME of the environment variable holding the database URI (the URI
+    is a secret and never belongs in this file). kind delta: a Delta Lake table (object-store
+    credentials come from the standard AWS_*/AZURE_*/GOOGLE_* environment variables).
+    """
+
+    kind: ProfileSourceKind = "files"
+    uri_env: str | None = Field(
+        default=None,
+        max_length=MAX_ID_CHARS * 2,
+        description="kind sql: the name of the environment variable holding the database URI.",
+    )
+    table: str | None = Field(default=None, max_length=MAX_LABEL_CHARS)
+    query: str | None = Field(default=None, max_length=MAX_QUERY_CHARS)
+    updated_at_column: str | None = Field(default=None, max_length=MAX_LABEL_CHARS)
+    engine: Literal["adbc", "connectorx"] | None = None
+    connect_timeout: int | None = Field(default=None, gt=0, le=600)
+    table_uri: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_CHARS)
+    version: int | None = Field(default=None, ge=0)
+
+    @field_validator("uri_env")
+    @classmethod
+    def _a_variable_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "://" in value or "@" in value:  # never echoed: it may hold a password
+            raise ValueError(
+                "must be the NAME of the environment variable that holds the database URI "
+                "(such as SENDGRID_PIPELINE_PROFILE_DB_URI), never the URI itself: remove the "
+                "URI from this file (and change its password if the file was shared)"
+            )
+        if not ENV_VAR_NAME.match(value):
+            raise ValueError(
+                "must be an environment variable name: letters, digits and underscores, "
+                "not starting with a digit"
+            )
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _a_table_name(cls, value: str | None) -> str | None:
+        if value is not None and not SQL_TABLE_NAME.fullmatch(value.strip()):
+            raise ValueError(
+                f"{_clip(value)!r} is not a table name (such as profiles, "
+                'analytics.unified_profiles or "Profiles"); use query: for anything else'
+            )
+        return value
+
+    @field_validator("query", "updated_at_column")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The keys the file gave, besides kind."""
+        return tuple(k for k in type(self).model_fields if k in self.model_fields_set - {"kind"})
+
+    def problems(self) -> list[tuple[tuple[str, ...], str]]:
+        """(keys, message) for what this kind needs and does not take."""
+        found: list[tuple[tuple[str, ...], str]] = []
+        allowed = PROFILE_SOURCE_KEYS[self.kind]
+        for key in self.keys:
+            if key not in allowed:
+                owners = [k for k, keys in PROFILE_SOURCE_KEYS.items() if key in keys]
+                takes = ", ".join(allowed) if allowed else "no other key"
+                found.append(
+                    (
+                        (key,),
+                        f"key {key!r} is for kind {' or '.join(owners)}, not {self.kind} "
+                        f"(kind {self.kind} takes {takes})",
+                    )
+                )
+        if self.kind == "sql":
+            if self.uri_env is None:
+                found.append(
+                    (
+                        ("kind",),
+                        "kind sql needs uri_env: the name of the environment variable holding "
+                        "the database URI (such as SENDGRID_PIPELINE_PROFILE_DB_URI)",
+                    )
+                )
+            if (self.table is None) == (self.query is None):
+                found.append((("kind",), "kind sql needs exactly one of 'table' and 'query'"))
+        if self.kind == "delta" and self.table_uri is None:
+            found.append(
+                (
+                    ("kind",),
+                    "kind delta needs table_uri: a directory, or an s3://, az:// or gs:// URI",
+                )
+            )
+        return found
+
+    def delta_location(self, data_dir: Path) -> str:
+        """table_uri, a relative path taken from the data directory."""
+        uri = str(self.table_uri)
+        if "://" in uri or Path(uri).is_absolute():
+            return uri
+        return str(data_dir / uri)
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One configuration error. Its message names the file, the line where known, the segment
@@ -551,6 +674,8 @@ class PipelineConfig(BaseModel):
     data_dir: Path
     segments: tuple[Segment, ...]
     destinations: tuple[Destination, ...]
+    # <data dir>/profile_source.yaml; the files of <data dir>/profiles/ without one.
+    profile_source: ProfileSourceSpec = Field(default_factory=ProfileSourceSpec)
     # Loaded with skip_invalid_destinations: the errors of the destinations (and segments) left
     # out, for the definitions to show.
     problems: tuple[ConfigProblem, ...] = ()
@@ -1006,6 +1131,20 @@ def _malformed(path: Path, error: yaml.YAMLError) -> str:
 def _read_yaml(path: Path, top_key: str) -> _ConfigFile:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found (expected a YAML file with a '{top_key}' list)")
+    root, document = _load_yaml(path)
+    expected = f"expected a top-level '{top_key}:' list"
+    _require_top_key(path, document, top_key, expected)
+    located = _child(root, top_key)
+    if not isinstance(document[top_key], list):
+        line = f":{located[0].start_mark.line + 1}" if located else ""
+        raise ConfigError(f"{path}{line}: {expected}, not {type(document[top_key]).__name__}")
+    items = located[1] if located else None
+    nodes = list(items.value) if isinstance(items, yaml.SequenceNode) else []
+    return _ConfigFile(path, document[top_key], nodes)
+
+
+def _load_yaml(path: Path) -> tuple[Any, Any]:
+    """(root node, document) of a YAML file, bounded in size, nesting and alias expansion."""
     with path.open("rb") as stream:
         data = stream.read(MAX_CONFIG_FILE_BYTES + 1)
     if len(data) > MAX_CONFIG_FILE_BYTES:
@@ -1029,7 +1168,10 @@ def _read_yaml(path: Path, top_key: str) -> _ConfigFile:
         raise ConfigError(_malformed(path, error)) from None
     finally:
         loader.dispose()
-    expected = f"expected a top-level '{top_key}:' list"
+    return root, document
+
+
+def _require_top_key(path: Path, document: Any, top_key: str, expected: str) -> None:
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: {expected}")
     if top_key not in document:
@@ -1043,13 +1185,52 @@ def _read_yaml(path: Path, top_key: str) -> _ConfigFile:
             else ""
         )
         raise ConfigError(f"{path}: {expected}{found}")
-    located = _child(root, top_key)
-    if not isinstance(document[top_key], list):
+
+
+def _read_profile_source(root: Path) -> tuple[ProfileSourceSpec, list[ConfigProblem]]:
+    """<data dir>/profile_source.yaml, parsed: the spec, or the files' spec and its problems.
+
+    Every problem concerns the whole configuration (nothing can run on a wrong source).
+    """
+    path = root / PROFILE_SOURCE_FILE
+    if not path.exists():
+        return ProfileSourceSpec(), []
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file")
+    top_key = "profile_source"
+    node, document = _load_yaml(path)
+    expected = f"expected a top-level '{top_key}:' mapping (kind: files, sql or delta)"
+    _require_top_key(path, document, top_key, expected)
+    problems = [
+        ConfigProblem(
+            f"{path}:{key_node.start_mark.line + 1}: unknown top-level key "
+            f"{_clip(str(key_node.value), 40)!r}{_did_you_mean(str(key_node.value), [top_key])}"
+            f" (only '{top_key}:' is allowed)"
+        )
+        for key_node, _ in (node.value if isinstance(node, yaml.MappingNode) else [])
+        if isinstance(key_node, yaml.ScalarNode) and key_node.value != top_key
+    ]
+    located = _child(node, top_key)
+    value = document[top_key]
+    if not isinstance(value, dict):
         line = f":{located[0].start_mark.line + 1}" if located else ""
-        raise ConfigError(f"{path}{line}: {expected}, not {type(document[top_key]).__name__}")
-    items = located[1] if located else None
-    nodes = list(items.value) if isinstance(items, yaml.SequenceNode) else []
-    return _ConfigFile(path, document[top_key], nodes)
+        raise ConfigError(f"{path}{line}: {expected}, not {type(value).__name__}")
+    file = _ConfigFile(path, [value], [located[1]] if located else [])
+    try:
+        spec = ProfileSourceSpec.model_validate(value)
+    except ValidationError as error:
+        problems += [
+            ConfigProblem(
+                f"{file.where(0, tuple(e['loc']))}: {top_key}: {_describe(ProfileSourceSpec, e)}"
+            )
+            for e in error.errors()
+        ]
+        return ProfileSourceSpec(), problems
+    problems += [
+        ConfigProblem(f"{file.where(0, keys)}: {top_key}: {message}")
+        for keys, message in spec.problems()
+    ]
+    return spec, problems
 
 
 def _fields_at(model: type[BaseModel], keys: tuple[Any, ...]) -> list[str]:
@@ -1312,8 +1493,10 @@ def load_config(
     that leaves no destination still raises.
     """
     root = data_dir(directory)
+    profile_source, source_problems = _read_profile_source(root)
     segments_file = _read_yaml(root / "segments.yaml", "segments")
     parsed_segments, problems = _parse_items(segments_file, Segment, "segment")
+    problems += source_problems
     problems += _duplicates(segments_file, "segment", [(i, s.id) for i, s in parsed_segments], "id")
     segments: list[tuple[int, Segment]] = []
     for index, segment in parsed_segments:
@@ -1355,6 +1538,7 @@ def load_config(
         data_dir=root,
         segments=tuple(s for _, s in segments),
         destinations=tuple(d for _, d in destinations),
+        profile_source=profile_source,
         lines=lines,
     )
     try:

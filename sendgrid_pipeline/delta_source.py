@@ -17,16 +17,15 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import dagster as dg
 import polars as pl
 from pydantic import Field
 
 from sendgrid_pipeline.errors import ProfileDataError
-from sendgrid_pipeline.profile_source import as_text
+from sendgrid_pipeline.profile_source import ProfileSource, as_text
 from sendgrid_pipeline.warehouse import LocatedRows, mask_uri
 
 
-class DeltaProfileSource(dg.ConfigurableResource):
+class DeltaProfileSource(ProfileSource):
     """Unified profiles as one Delta Lake table (a local path or an object-store URI)."""
 
     table_uri: str = Field(

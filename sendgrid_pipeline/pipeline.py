@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from sendgrid_pipeline.assets.common import GROUP
 from sendgrid_pipeline.assets.contacts import build_contacts_asset
@@ -19,14 +20,16 @@ from sendgrid_pipeline.assets.profiles import build_profiles_asset
 from sendgrid_pipeline.assets.segments import build_segments_asset
 from sendgrid_pipeline.assets.sync import build_sync_asset
 from sendgrid_pipeline.config import PipelineConfig, load_config
+from sendgrid_pipeline.delta_source import DeltaProfileSource
 from sendgrid_pipeline.errors import ProfileDataError
 from sendgrid_pipeline.io_manager import DestinationParquetIOManager
-from sendgrid_pipeline.profile_source import FileProfileSource
+from sendgrid_pipeline.profile_source import FileProfileSource, ProfileSource
 from sendgrid_pipeline.schedules import build_refresh_schedule
 from sendgrid_pipeline.sendgrid.resource import SendGridResource, deployed_sendgrid_resource
 from sendgrid_pipeline.sensors import build_export_request_sensor, build_profile_change_sensor
 from sendgrid_pipeline.settings import DEFAULT_REFRESH_CRON, DEFAULT_REFRESH_TIMEZONE, Settings
 from sendgrid_pipeline.state import SyncStateResource
+from sendgrid_pipeline.warehouse import SqlProfileSource
 
 EXPORT_JOB = "sendgrid_export_job"
 CONFIG_CHECK = "destinations_configured"  # exists only while a destination is left out
@@ -41,7 +44,7 @@ class PipelineResources:
     sendgrid: SendGridResource
     sync_state: SyncStateResource
     io_manager: DestinationParquetIOManager
-    profile_source: FileProfileSource
+    profile_source: ProfileSource  # files, a SQL warehouse or a Delta table
 
     def as_dict(self) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
         return {
@@ -58,34 +61,84 @@ def default_resources(settings: Settings, config: PipelineConfig) -> PipelineRes
         sendgrid=deployed_sendgrid_resource(settings),
         sync_state=SyncStateResource(directory=str(settings.state_dir)),
         io_manager=DestinationParquetIOManager(base_dir=str(settings.storage_dir)),
-        profile_source=FileProfileSource(directory=str(config.profiles_dir)),
+        profile_source=configured_profile_source(config),
     )
 
 
+def configured_profile_source(config: PipelineConfig) -> ProfileSource:
+    """The source `<data dir>/profile_source.yaml` names; without it, <data dir>/profiles/.
+
+    A database URI is a `dg.EnvVar` of the variable the file names: resolved where it is used
+    (a run, the sensor, the load-time check), never stored or shown.
+    """
+    spec = config.profile_source
+    if spec.kind == "sql":
+        options = {
+            key: getattr(spec, key)
+            for key in ("table", "query", "updated_at_column", "engine", "connect_timeout")
+            if getattr(spec, key) is not None
+        }
+        return SqlProfileSource(uri=dg.EnvVar(str(spec.uri_env)), **options)
+    if spec.kind == "delta":
+        return DeltaProfileSource(
+            table_uri=spec.delta_location(config.data_dir), version=spec.version
+        )
+    return FileProfileSource(directory=str(config.profiles_dir))
+
+
 def load_validated_config(
-    directory: Path | str | None = None, *, skip_invalid_destinations: bool = False
+    directory: Path | str | None = None,
+    *,
+    skip_invalid_destinations: bool = False,
+    profile_source: ProfileSource | None = None,
 ) -> PipelineConfig:
-    """Load the config and, when profile files exist, check rules and mappings against them.
+    """Load the config and, when the profiles can be reached, check rules and mappings
+    against their columns (from `profile_source`, default: the configured source).
 
     Raises ConfigError with one line per error. With `skip_invalid_destinations`, a destination
     whose own configuration is invalid is left out instead and its errors are kept in
     `config.problems` (see config.load_config); the definitions built from it show them.
+    Profiles that cannot be reached (no profile files yet; a warehouse that is down or whose
+    URI variable is not set) leave the config unchecked, with a warning for a warehouse: the
+    code location still loads, and the unified_profiles asset reports the problem when run.
     """
     config = load_config(directory, skip_invalid_destinations=skip_invalid_destinations)
-    source = FileProfileSource(directory=str(config.profiles_dir))
-    try:
-        schema = source.schema(config.mapped_columns())
-    except ProfileDataError:
-        return config  # no profiles yet: the unified_profiles asset reports it when run
-    problems = config.profile_problems(schema, str(config.profiles_dir))
+    source = profile_source or configured_profile_source(config)
+    schema = _profile_columns(source, config)
+    if schema is None:
+        return config
+    label = source.label
+    problems = config.profile_problems(schema, label)
     if problems:
-        # A broken file can make the inferred types lie (a ragged CSV row reads as text);
-        # name the file's own problem first when there is one.
-        source.read(config.mapped_columns())
+        if isinstance(source, FileProfileSource):
+            # A broken file can make the inferred types lie (a ragged CSV row reads as
+            # text); name the file's own problem first when there is one.
+            source.read(config.mapped_columns())
         config = config.without(problems, skip=skip_invalid_destinations)
-        schema = source.schema(config.mapped_columns())  # fewer mapped columns read as text
-    config.validate_against_profiles(schema, str(config.profiles_dir))
+        schema = _profile_columns(source, config)  # fewer mapped columns read as text
+        if schema is None:
+            return config
+    config.validate_against_profiles(schema, label)
     return config
+
+
+def _profile_columns(source: ProfileSource, config: PipelineConfig) -> pl.Schema | None:
+    """The profiles' columns, or None when the source cannot be reached at load time."""
+    try:
+        return source.schema(config.mapped_columns())
+    except ProfileDataError as error:
+        if isinstance(source, FileProfileSource):
+            return None  # no profiles yet: the unified_profiles asset reports it when run
+        reason = str(error)  # names the source; a URI's password is masked
+    except Exception as error:
+        if isinstance(source, FileProfileSource):
+            raise
+        reason = f"{type(source).__name__}: {type(error).__name__}"  # the text may hold a URI
+    log.warning(
+        f"the configuration is not checked against the profile columns: {reason}. The code "
+        "location loads anyway; the unified_profiles asset checks it when it runs"
+    )
+    return None
 
 
 def skipped_note(config: PipelineConfig) -> str:

@@ -1,4 +1,8 @@
-"""Where unified profiles come from. A resource, so a warehouse reader can replace the files.
+"""Where unified profiles come from: `ProfileSource`, and its files implementation.
+
+`ProfileSource` is the resource the assets and the profile sensor use; `FileProfileSource`
+(here), `warehouse.SqlProfileSource` and `delta_source.DeltaProfileSource` implement it, and
+`<data dir>/profile_source.yaml` chooses one (see config.ProfileSourceSpec).
 
 Every file is scanned and read on its own, then the files are concatenated, so an error names
 the file, the row within it and the column. Rows are 1-based data rows within their file: a
@@ -22,15 +26,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from abc import abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from sendgrid_pipeline.config import data_dir
 from sendgrid_pipeline.errors import ProfileDataError
 
 PROFILE_SUFFIXES = (".parquet", ".csv")
@@ -46,12 +51,68 @@ _PARSE_ERROR = re.compile(
 _DTYPE_WORDS = {"i": "an integer", "u": "an integer", "f": "a number"}
 
 
+class Located(Protocol):
+    """Profiles as read, and where each row came from (for errors naming a row)."""
+
+    @property
+    def frame(self) -> pl.DataFrame: ...
+
+    @property
+    def row_note(self) -> str:
+        """How rows are numbered, for messages: "rows are 1-based data rows within ..."."""
+        ...
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """Where the rows came from, for run metadata (file names, a table, a Delta version)."""
+        ...
+
+    def describe(self, index: int) -> str:
+        """Where `frame` row `index` (0-based) came from: `profiles.csv row 12`."""
+        ...
+
+
+class ProfileSource(dg.ConfigurableResource):
+    """Where the unified profiles come from: files, a SQL warehouse or a Delta table.
+
+    Every source reads `text_columns` and customer_id as text, and raises ProfileDataError
+    naming itself (`label`, never a secret) when it cannot be read.
+    """
+
+    @property
+    @abstractmethod
+    def label(self) -> str:
+        """What messages and run metadata call this source (a directory, a masked URI...)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A short text that changes whenever the profiles change (for the profile sensor)."""
+
+    @abstractmethod
+    def schema(self, text_columns: set[str] | None = None) -> pl.Schema:
+        """Column names and types without reading the rows (to validate the config)."""
+
+    @abstractmethod
+    def read_located(self, text_columns: set[str]) -> Located:
+        """Every profile, and where each row came from."""
+
+    def read(self, text_columns: set[str]) -> pl.DataFrame:
+        """Every profile; `text_columns` (and customer_id) as text, never type-inferred."""
+        return self.read_located(text_columns).frame
+
+
 @dataclass(frozen=True)
 class LocatedProfiles:
     """The profiles, and which rows came from which file (in `frame` order)."""
 
     frame: pl.DataFrame
     files: tuple[tuple[Path, int], ...]  # (file, number of rows)
+    row_note: str = "rows are 1-based data rows within each file, a CSV header not counted"
+
+    @property
+    def origins(self) -> tuple[str, ...]:
+        """The files' names, in read order."""
+        return tuple(file.name for file, _ in self.files)
 
     def locate(self, index: int) -> tuple[Path, int]:
         """The file and 1-based row within it of `frame` row `index` (0-based)."""
@@ -85,17 +146,23 @@ class _FilePlan:
         return {c: self.overrides.get(c, t) for c, t in self.schema.items()}
 
 
-class FileProfileSource(dg.ConfigurableResource):
+class FileProfileSource(ProfileSource):
     """Unified profiles as Parquet or CSV files in one directory (all files are concatenated)."""
 
     directory: str = Field(
-        default="",
-        description="Directory of profile files; empty means <data dir>/profiles.",
+        min_length=1,
+        description="Directory of the profile files (*.parquet, *.csv), such as "
+        "<data dir>/profiles.",
     )
 
     @property
     def path(self) -> Path:
-        return Path(self.directory) if self.directory else data_dir() / "profiles"
+        return Path(self.directory)
+
+    @property
+    def label(self) -> str:
+        """The directory, as messages and run metadata name it."""
+        return str(self.path)
 
     def files(self) -> list[Path]:
         """The profile files, in a stable order."""
@@ -119,10 +186,6 @@ class FileProfileSource(dg.ConfigurableResource):
             for column, dtype in plan.target_schema().items():
                 merged.setdefault(column, dtype)
         return pl.Schema(merged)
-
-    def read(self, text_columns: set[str]) -> pl.DataFrame:
-        """Read every profile file; `text_columns` are never type-inferred (postal codes...)."""
-        return self.read_located(text_columns).frame
 
     def read_located(self, text_columns: set[str]) -> LocatedProfiles:
         """Like `read`, and which rows came from which file (for errors naming the file)."""

@@ -18,7 +18,7 @@ import dagster as dg
 
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
-from sendgrid_pipeline.profile_source import FileProfileSource
+from sendgrid_pipeline.profile_source import ProfileSource
 from sendgrid_pipeline.schedules import RANGE_END_TAG, RANGE_START_TAG, AssetJob, refresh_all_tags
 
 REQUEST_FILE_TAG = "sendgrid/request_file"  # "<file name>:<drop id>", on every run of one drop
@@ -44,11 +44,12 @@ def build_profile_change_sensor(job: AssetJob, partition_keys: list[str]) -> dg.
         job=job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Requests a refresh of every destination when a profile file under "
-        "profiles/ is added, removed or rewritten. The first tick records a baseline.",
+        description="Requests a refresh of every destination when the profiles change: a "
+        "profile file added, removed or rewritten; a warehouse table's rows inserted, deleted "
+        "or updated; a commit to a Delta table. The first tick records a baseline.",
     )
     def profile_source_changed_sensor(
-        context: dg.SensorEvaluationContext, profile_source: FileProfileSource
+        context: dg.SensorEvaluationContext, profile_source: ProfileSource
     ) -> dg.SensorResult | dg.SkipReason:
         try:
             fingerprint = profile_source.fingerprint()
@@ -60,7 +61,7 @@ def build_profile_change_sensor(job: AssetJob, partition_keys: list[str]) -> dg.
                 cursor=fingerprint,
             )
         if context.cursor == fingerprint:
-            return dg.SkipReason("profile files unchanged")
+            return dg.SkipReason("profiles unchanged")
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(

@@ -38,6 +38,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from sendgrid_pipeline.errors import ProfileDataError
+from sendgrid_pipeline.profile_source import ProfileSource
 
 SCHEMES = ("postgresql", "postgres")
 MASK = "***"
@@ -102,8 +103,13 @@ def mask_uri(uri: str) -> str:
         )
         masked = urlunsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:
-        masked = _USERINFO.sub(lambda m: f"://{m['user']}:{MASK}@", uri)
-    return scrub(masked, uri)
+        return scrub(_USERINFO.sub(lambda m: f"://{m['user']}:{MASK}@", uri), uri)
+    # Masked where it sits already; a copy elsewhere in the URI is masked too, unless the
+    # secret is so short (a 1-3 character password) that masking it would mangle the URI.
+    for secret in _secrets(uri):
+        if len(secret) >= 4:
+            masked = masked.replace(secret, MASK)
+    return masked
 
 
 def _secrets(uri: str) -> list[str]:
@@ -173,7 +179,7 @@ class _Column:
     dtype: pl.DataType
 
 
-class SqlProfileSource(dg.ConfigurableResource):
+class SqlProfileSource(ProfileSource):
     """Unified profiles from a PostgreSQL query or table (exactly one of `query` and `table`)."""
 
     uri: str = Field(

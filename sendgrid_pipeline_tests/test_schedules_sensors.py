@@ -69,7 +69,7 @@ def test_profile_sensor_baseline_then_change_then_unchanged(data_dir: Path) -> N
 
     unchanged = profile_tick(data_dir, cursor=first.cursor)
     assert unchanged.run_requests == []
-    assert unchanged.skip_message == "profile files unchanged"
+    assert unchanged.skip_message == "profiles unchanged"
 
     profiles = data_dir / "profiles" / "profiles.csv"
     profiles.write_text(profiles.read_text().replace(",Charlie,Miller,", ",Charlotte,Miller,", 1))
@@ -86,7 +86,7 @@ def test_profile_sensor_baseline_then_change_then_unchanged(data_dir: Path) -> N
 
     again = profile_tick(data_dir, cursor=changed.cursor)
     assert again.run_requests == []
-    assert again.skip_message == "profile files unchanged"
+    assert again.skip_message == "profiles unchanged"
 
 
 def test_profile_sensor_skips_with_the_reason_when_the_folder_is_missing(data_dir: Path) -> None:

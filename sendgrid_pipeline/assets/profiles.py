@@ -7,7 +7,7 @@ from sendgrid_pipeline.assets.common import GROUP, OWNERS
 from sendgrid_pipeline.checks import UnifiedProfilesType
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
-from sendgrid_pipeline.profile_source import FileProfileSource, LocatedProfiles
+from sendgrid_pipeline.profile_source import Located, ProfileSource
 
 SHOWN = 10  # offending customer_ids listed in an error
 
@@ -22,21 +22,21 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.single_run(),
         dagster_type=UnifiedProfilesType,
         description="Unified customer profiles from the profile source (CSV/Parquet files by "
-        "default), one row per customer_id. Validated with a Pandera polars schema.",
+        "default; a SQL warehouse or a Delta table as profile_source.yaml says), one row per "
+        "customer_id. Validated with a Pandera polars schema.",
     )
     def unified_profiles(
-        context: dg.AssetExecutionContext, profile_source: FileProfileSource
+        context: dg.AssetExecutionContext, profile_source: ProfileSource
     ) -> dg.Output[pl.DataFrame]:
         located = profile_source.read_located(config.mapped_columns())
         frame = located.frame
-        source = str(profile_source.path)
+        source = profile_source.label  # never a secret: a URI's password is masked
         if "customer_id" not in frame.columns:
             raise ProfileDataError(f"{source}: the profiles have no customer_id column")
         for warning in config.validate_against_profiles(frame.schema, source):
             context.log.warning(warning)  # e.g. an exclusion rule that can be null
         check_customer_ids(located, source)
         context.log.info("read %d profiles from %s", frame.height, source)
-        files = [f.name for f, _ in located.files]
         return dg.Output(
             frame,
             metadata={
@@ -44,16 +44,16 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
                 "dagster/column_schema": dg.TableSchema(
                     columns=[dg.TableColumn(n, str(t)) for n, t in frame.schema.items()]
                 ),
-                "source": dg.MetadataValue.path(source),
-                "files": ", ".join(files),
+                "source": dg.MetadataValue.text(source),
+                "origins": ", ".join(located.origins),  # the files, a table, a Delta version
             },
         )
 
     return unified_profiles
 
 
-def check_customer_ids(located: LocatedProfiles, source: str) -> None:
-    """Every profile has a customer_id, used once; an error names each offending file row."""
+def check_customer_ids(located: Located, source: str) -> None:
+    """Every profile has a customer_id, used once; an error names each offending row."""
     flagged = (
         located.frame.lazy()
         .select("customer_id")
@@ -80,8 +80,8 @@ def check_customer_ids(located: LocatedProfiles, source: str) -> None:
     if repeated.height:
         counts.append(_count(repeated.height, "id on several rows", "ids on several rows"))
     raise ProfileDataError(
-        f"{source}: customer_id must be present and unique ({', '.join(counts)}; rows are "
-        "1-based data rows within each file, a CSV header not counted): " + "; ".join(problems)
+        f"{source}: customer_id must be present and unique ({', '.join(counts)}; "
+        f"{located.row_note}): " + "; ".join(problems)
     )
 
 
