@@ -7,7 +7,11 @@ required in CI); the Delta tests write their table under tmp_path and need no se
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,26 +370,76 @@ def test_secret_query_parameters_are_masked() -> None:
 
 
 # -- in Dagster, with the URI in an environment variable -------------------------------------------
-def test_env_var_uri_at_load_time_and_in_a_run(
-    loaded: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PROFILE_WAREHOUSE_URI", _with_password(loaded))
-    source = SqlProfileSource(uri=dg.EnvVar("PROFILE_WAREHOUSE_URI"), table="profiles")
-    assert source.schema(TEXT_COLUMNS)["postal_code"] == pl.String  # outside a run
+# Run in a child process given the variable in its environment (this process's is never set):
+# the URI as a dg.EnvVar resolved outside a run and inside one, and the code location's own
+# wiring from profile_source.yaml (the variable's name) to the run that reads the table.
+ENV_VAR_CHILD = """
+import sys
+from dataclasses import replace
+from pathlib import Path
 
-    @dg.asset
-    def profiles(profile_source: SqlProfileSource) -> dg.MaterializeResult:
-        frame = profile_source.read(TEXT_COLUMNS)
-        return dg.MaterializeResult(metadata={"rows": frame.height, "fp": source.fingerprint()})
+import dagster as dg
 
-    result = dg.materialize([profiles], resources={"profile_source": source})
-    assert result.success
-    [event] = result.get_asset_materialization_events()
-    assert event.materialization.metadata["rows"].value == 3000
+from sendgrid_pipeline.config import load_config
+from sendgrid_pipeline.definitions import location_definitions
+from sendgrid_pipeline.pipeline import configured_profile_source
+from sendgrid_pipeline.settings import Settings
+from sendgrid_pipeline.warehouse import SqlProfileSource
+from sendgrid_pipeline_tests.helpers import export, resources_for, step_failure_messages
 
-    monkeypatch.delenv("PROFILE_WAREHOUSE_URI")
-    with pytest.raises(ProfileDataError, match=r"PROFILE_WAREHOUSE_URI .* is not set"):
-        source.schema()
+source = SqlProfileSource(uri=dg.EnvVar("PROFILE_WAREHOUSE_URI"), table="profiles")
+print("schema", source.schema({"postal_code"})["postal_code"])  # outside a run
+
+
+@dg.asset
+def profiles(profile_source: SqlProfileSource) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"rows": profile_source.read(set()).height})
+
+
+result = dg.materialize([profiles], resources={"profile_source": source})
+[event] = result.get_asset_materialization_events()
+print("rows", event.materialization.metadata["rows"].value)
+print("label", source.label)
+
+data_dir = Path(sys.argv[1])
+defs = location_definitions(Settings(data_dir=data_dir))  # checked against the table
+print("deployed", defs.resources["profile_source"].uri == dg.EnvVar("PROFILE_WAREHOUSE_URI"))
+configured = configured_profile_source(load_config(data_dir))
+wired = replace(resources_for(data_dir), profile_source=configured)
+run = export(data_dir, None, selection=["unified_profiles"], resources=wired)
+assert run.success, step_failure_messages(run)
+[event] = run.get_asset_materialization_events()
+print("run", event.materialization.metadata["dagster/row_count"].value)
+"""
+
+
+def test_env_var_uri_at_load_time_and_in_a_run(loaded: str, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    shutil.copytree(REPO / "data", data_dir, ignore=shutil.ignore_patterns("state", "storage"))
+    shutil.rmtree(data_dir / "profiles")  # the table is the only source of profiles
+    (data_dir / "profile_source.yaml").write_text(
+        "profile_source:\n  kind: sql\n  uri_env: PROFILE_WAREHOUSE_URI\n  table: profiles\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", ENV_VAR_CHILD, str(data_dir)],
+        cwd=REPO,
+        env={**os.environ, "PROFILE_WAREHOUSE_URI": _with_password(loaded)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in child.stdout.splitlines() if " " in line)
+    assert lines["schema"] == "String"
+    assert lines["rows"] == "3000"
+    assert lines["label"].startswith("table profiles on postgresql://")
+    assert lines["deployed"] == "True"
+    assert lines["run"] == "3000"
+    _assert_secret_free(child.stdout + child.stderr)
+
+    unset = SqlProfileSource(uri=dg.EnvVar("PROFILE_WAREHOUSE_URI_NEVER_SET"), table="profiles")
+    with pytest.raises(ProfileDataError, match=r"PROFILE_WAREHOUSE_URI_NEVER_SET .* is not set"):
+        unset.schema()
 
 
 # -- property: any frame of the profile types round-trips through a table --------------------------
