@@ -22,6 +22,10 @@ from sendgrid_pipeline.sendgrid.client import DEFAULT_BASE_URL
 
 DATA_DIR_ENV = "SENDGRID_PIPELINE_DATA_DIR"
 STATE_DIR_ENV = "SENDGRID_PIPELINE_STATE_DIR"
+# The PostgreSQL URL of the shared sync state; its value (with a password) is never read here:
+# the deployed resource holds dg.EnvVar(STATE_DSN_ENV) when the variable is set.
+STATE_DSN_ENV = "SENDGRID_PIPELINE_STATE_DSN"
+EXECUTOR_ENV = "SENDGRID_PIPELINE_EXECUTOR"
 STORAGE_DIR_ENV = "SENDGRID_PIPELINE_STORAGE_DIR"
 BASE_URL_ENV = "SENDGRID_BASE_URL"
 POLL_INTERVAL_ENV = "SENDGRID_POLL_INTERVAL_SECONDS"
@@ -33,6 +37,8 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_POLL_INTERVAL_SECONDS = 1.0
 DEFAULT_REFRESH_CRON = "0 6 * * *"
 DEFAULT_REFRESH_TIMEZONE = "UTC"
+EXECUTORS = ("in_process", "multiprocess")  # how the export job runs its steps
+DEFAULT_EXECUTOR = "in_process"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,9 @@ class Settings:
     refresh_cron: str = DEFAULT_REFRESH_CRON
     refresh_timezone: str = DEFAULT_REFRESH_TIMEZONE
     api_key_env: str = API_KEY_ENV
+    # The variable holding the state's PostgreSQL URL when it is set (None: SQLite in state_dir)
+    state_dsn_env: str | None = None
+    executor: str = DEFAULT_EXECUTOR  # in_process | multiprocess
 
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir).resolve()
@@ -57,6 +66,11 @@ class Settings:
         for name, default in (("state_dir", "state"), ("storage_dir", "storage")):
             value = getattr(self, name)
             object.__setattr__(self, name, Path(value) if value else data_dir / default)
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"Environment variable {EXECUTOR_ENV}={self.executor!r}: expected one of "
+                f"{', '.join(EXECUTORS)}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +95,8 @@ class Settings:
             poll_interval_seconds=poll_interval,
             refresh_cron=get(REFRESH_CRON_ENV) or DEFAULT_REFRESH_CRON,
             refresh_timezone=get(REFRESH_TIMEZONE_ENV) or DEFAULT_REFRESH_TIMEZONE,
+            state_dsn_env=STATE_DSN_ENV if get(STATE_DSN_ENV) else None,
+            executor=(get(EXECUTOR_ENV) or DEFAULT_EXECUTOR).strip().lower(),
         )
 
 

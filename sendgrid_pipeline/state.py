@@ -66,6 +66,13 @@ CREATE TABLE IF NOT EXISTS intents (
     job_id TEXT,  -- null until SendGrid accepted the request (202)
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS snapshots (  -- the profiles snapshot of the last applied plan
+    destination TEXT NOT NULL,
+    list_id TEXT NOT NULL,
+    snapshot TEXT NOT NULL,  -- ISO 8601, UTC
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (destination, list_id)
+);
 """
 _OLD_PENDING = "pending_jobs"
 
@@ -86,6 +93,13 @@ class Intent:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _snapshot_text(snapshot: datetime) -> str:
+    """A snapshot time as stored: UTC, microseconds (naive times are taken as UTC)."""
+    if snapshot.tzinfo is None:
+        snapshot = snapshot.replace(tzinfo=UTC)
+    return snapshot.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _to_blob(frame: pl.DataFrame) -> bytes:
@@ -370,6 +384,30 @@ class SyncStateStore:
             if intent_id is not None:
                 db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
 
+    def applied_snapshot(self, destination: str, list_id: str) -> tuple[datetime, str] | None:
+        """The profiles snapshot of the last plan applied to the list, and its run."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT snapshot, run_id FROM snapshots WHERE destination = ? AND list_id = ?",
+                (destination, list_id),
+            ).fetchone()
+        return (datetime.fromisoformat(row[0]), row[1]) if row else None
+
+    def record_snapshot(
+        self, destination: str, list_id: str, snapshot: datetime, run_id: str
+    ) -> None:
+        """A plan built from `snapshot` was applied: older snapshots are stale from now on.
+
+        Never moves back: a later call with an older snapshot keeps the newer one.
+        """
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?) ON CONFLICT (destination, list_id) "
+                "DO UPDATE SET snapshot = excluded.snapshot, run_id = excluded.run_id "
+                "WHERE excluded.snapshot > snapshots.snapshot",
+                (destination, list_id, _snapshot_text(snapshot), run_id),
+            )
+
     def member_count(self, destination: str, list_id: str) -> int:
         """How many contacts the state records on the list (managed or not)."""
         with self._connect() as db:
@@ -490,18 +528,45 @@ class ListState:
     def mark_uncertain(self, intent_id: int | None, emails: list[str] | pl.Series) -> None:
         self.store.mark_uncertain(intent_id, self.destination, self.list_id, emails)
 
+    def applied_snapshot(self) -> tuple[datetime, str] | None:
+        return self.store.applied_snapshot(self.destination, self.list_id)
+
+    def record_snapshot(self, snapshot: datetime, run_id: str) -> None:
+        self.store.record_snapshot(self.destination, self.list_id, snapshot, run_id)
+
     def lock(self, run_id: str, wait_seconds: float = 600.0) -> AbstractContextManager[None]:
         """The list's one-writer lock (see SyncStateStore.list_lock)."""
         return self.store.list_lock(self.destination, self.list_id, run_id, wait_seconds)
 
 
 class SyncStateResource(dg.ConfigurableResource):
-    """Where the sync state lives: an SQLite file in a directory."""
+    """Where the sync state lives: PostgreSQL when a DSN is given, else an SQLite file.
+
+    The deployed resource holds `dg.EnvVar("SENDGRID_PIPELINE_STATE_DSN")` when that variable
+    is set: Dagster resolves it when a run starts and never shows it (it holds a password).
+    """
 
     directory: str = Field(
-        description="Directory of the state file (the code location passes "
-        "$SENDGRID_PIPELINE_STATE_DIR, else <data dir>/state).",
+        description="Directory of the SQLite state file (the code location passes "
+        "$SENDGRID_PIPELINE_STATE_DIR, else <data dir>/state); unused with a DSN.",
+    )
+    dsn: str | None = Field(
+        default=None,
+        description="PostgreSQL URL of the shared state ($SENDGRID_PIPELINE_STATE_DSN); "
+        "unset: the SQLite file in `directory`.",
     )
 
     def store(self) -> SyncStateStore:
+        if self.dsn:
+            from sendgrid_pipeline.state_postgres import PostgresSyncStateStore
+
+            return PostgresSyncStateStore(self.dsn)  # type: ignore[return-value]
         return SyncStateStore(Path(self.directory) / "sync_state.sqlite")
+
+    def describe(self) -> str:
+        """Where the state is, for messages: the DSN without its password."""
+        if self.dsn:
+            from sendgrid_pipeline.state_postgres import masked_dsn
+
+            return masked_dsn(self.dsn)
+        return str(Path(self.directory) / "sync_state.sqlite")

@@ -28,6 +28,7 @@ from sendgrid_pipeline.state import (
     ListState,
     StateStoreError,
     _now,
+    _snapshot_text,
     _to_blob,
 )
 
@@ -66,6 +67,13 @@ CREATE TABLE IF NOT EXISTS sendgrid_intents (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sendgrid_intents_list ON sendgrid_intents (destination, list_id);
+CREATE TABLE IF NOT EXISTS sendgrid_snapshots (
+    destination TEXT NOT NULL,
+    list_id TEXT NOT NULL,
+    snapshot TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (destination, list_id)
+);
 CREATE TABLE IF NOT EXISTS sendgrid_list_holders (
     destination TEXT NOT NULL,
     list_id TEXT NOT NULL,
@@ -198,6 +206,11 @@ class PostgresSyncStateStore:
         """Remember contact ids learned from a search so removals need no second lookup."""
         if ids.is_empty():
             return
+        # by position, as the SQLite store reads it: callers name the id column as they like
+        email, contact_id = ids.columns[:2]
+        ids = ids.select(
+            pl.col(email).alias("email"), pl.col(contact_id).cast(pl.String).alias("contact_id")
+        )
         with self._connect() as db, db.cursor() as cursor:
             self._load(cursor, ids, {"email": "TEXT", "contact_id": "TEXT"})
             cursor.execute(
@@ -280,6 +293,29 @@ class PostgresSyncStateStore:
     def is_known(self, destination: str, list_id: str) -> bool:
         """Whether this list's membership was ever read (reconciled) into the state."""
         return self.last_reconciled(destination, list_id) is not None
+
+    def applied_snapshot(self, destination: str, list_id: str) -> tuple[datetime, str] | None:
+        """The profiles snapshot of the last plan applied to the list, and its run."""
+        with self._connect() as db, db.cursor() as cursor:
+            cursor.execute(
+                "SELECT snapshot, run_id FROM sendgrid_snapshots WHERE destination = %s "
+                "AND list_id = %s",
+                (destination, list_id),
+            )
+            row = cursor.fetchone()
+        return (datetime.fromisoformat(row[0]), row[1]) if row else None
+
+    def record_snapshot(
+        self, destination: str, list_id: str, snapshot: datetime, run_id: str
+    ) -> None:
+        """A plan built from `snapshot` was applied (never moves back to an older one)."""
+        with self._connect() as db, db.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO sendgrid_snapshots VALUES (%s, %s, %s, %s) ON CONFLICT "
+                "(destination, list_id) DO UPDATE SET snapshot = excluded.snapshot, "
+                "run_id = excluded.run_id WHERE excluded.snapshot > sendgrid_snapshots.snapshot",
+                (destination, list_id, _snapshot_text(snapshot), run_id),
+            )
 
     def member_count(self, destination: str, list_id: str) -> int:
         """How many contacts the state records on the list (managed or not)."""

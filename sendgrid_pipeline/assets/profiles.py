@@ -1,5 +1,7 @@
 """unified_profiles: the profile source, read once and validated."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 import polars as pl
 
@@ -10,6 +12,9 @@ from sendgrid_pipeline.errors import ProfileDataError
 from sendgrid_pipeline.profile_source import Located, ProfileSource
 
 SHOWN = 10  # offending customer_ids listed in an error
+# When the profiles were read (ISO 8601, UTC): travels with the contacts to the sync, which
+# refuses a plan from profiles older than the last applied plan's (a stale run).
+SNAPSHOT_METADATA = "profiles_snapshot"
 
 
 def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
@@ -28,6 +33,7 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
     def unified_profiles(
         context: dg.AssetExecutionContext, profile_source: ProfileSource
     ) -> dg.Output[pl.DataFrame]:
+        snapshot = datetime.now(UTC)  # before the read: a change during it counts as newer
         located = profile_source.read_located(config.mapped_columns())
         frame = located.frame
         source = profile_source.label  # never a secret: a URI's password is masked
@@ -46,6 +52,7 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
                 ),
                 "source": dg.MetadataValue.text(source),
                 "origins": ", ".join(located.origins),  # the files, a table, a Delta version
+                SNAPSHOT_METADATA: snapshot.isoformat(timespec="microseconds"),
             },
         )
 

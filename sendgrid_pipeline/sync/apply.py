@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC
 
 import polars as pl
 
@@ -88,6 +89,7 @@ class DestinationSync:
 
     def _run(self, contacts: pl.DataFrame) -> SyncReport:
         started = time.monotonic()
+        self._refuse_a_stale_plan()
         before = self._list_contact_count()
         known_before = self.state.is_known()
         recovered = self.recovery.settle_pending()
@@ -137,6 +139,8 @@ class DestinationSync:
             rejected.append(self.upserts.apply(plan, report))
             rejected.append(self.removals.apply(plan, report))
             report.list_count_after = self._list_contact_count()
+            if self.options.profiles_snapshot is not None:
+                self.state.record_snapshot(self.options.profiles_snapshot, self.run_id)
         else:
             report.list_count_after = before
         report.rejected = pl.concat(rejected).unique("email", keep="last", maintain_order=True)
@@ -147,6 +151,25 @@ class DestinationSync:
         )
         report.seconds = time.monotonic() - started
         return report
+
+    def _refuse_a_stale_plan(self) -> None:
+        """A plan from profiles older than those of the last applied plan would undo it
+        (re-add leavers, revert edits): refuse it before anything is read or sent."""
+        snapshot = self.options.profiles_snapshot
+        applied = self.state.applied_snapshot()
+        if snapshot is None or applied is None:
+            return
+        if snapshot.tzinfo is None:
+            snapshot = snapshot.replace(tzinfo=UTC)
+        applied_at, applied_by = applied
+        if snapshot < applied_at:
+            raise SyncRefused(
+                f"Destination {self.name!r}: this run's contacts come from profiles read at "
+                f"{snapshot.isoformat()}, older than the profiles read at "
+                f"{applied_at.isoformat()} whose plan run {applied_by} already applied to list "
+                f"{self.list_id}. Applying it would undo newer changes, so nothing was sent: "
+                "rerun the export from the profiles (unified_profiles onwards)."
+            )
 
     def _contact_json(self, contacts: pl.DataFrame) -> pl.Series:
         fields = list(self.destination.field_mapping.as_dict())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sendgrid_pipeline.errors import PipelineError
 from sendgrid_pipeline.sendgrid.batching import MAX_CONTACTS_PER_UPSERT
@@ -26,3 +26,6 @@ class SyncOptions:
     witnessed_generation: int | None = None
     max_contacts_per_upsert: int = MAX_CONTACTS_PER_UPSERT
     lock_wait_seconds: float = 600.0  # how long a second sync of the same list waits
+    # When the profiles behind the contacts were read (None: unknown, not checked). A plan
+    # from profiles older than the last applied plan's is stale and refused.
+    profiles_snapshot: datetime | None = None

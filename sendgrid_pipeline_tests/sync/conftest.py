@@ -1,4 +1,9 @@
-"""A sandbox with one list and a private state file for each sync test."""
+"""A sandbox with one list, and a private sync state for each sync test on both stores.
+
+`state_at` is where the state lives: an SQLite file, or a PostgreSQL database of its own (the
+`postgres_dsn` fixture: skipped without a server, required under CI=true). Tests of the SQLite
+file itself (damaging it, a full disk, its lock file) use `sqlite_state_path` and say so.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sendgrid_pipeline_tests.deploy.conftest import postgres_dsn  # noqa: F401 (a fixture)
 from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 from sendgrid_pipeline_tests.sync.support import LIST_ID
 
@@ -18,5 +24,13 @@ def sandbox() -> Iterator[SandboxServer]:
 
 
 @pytest.fixture
-def state_path(tmp_path: Path) -> Path:
+def sqlite_state_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "sync_state.sqlite"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def state_at(request, tmp_path: Path) -> Path | str:
+    """The state of one test: an SQLite file path, or a PostgreSQL URL (see open_store)."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "sync_state.sqlite"
+    return request.getfixturevalue("postgres_dsn")

@@ -9,14 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 
 import polars as pl
 
 from sendgrid_pipeline.sendgrid.client import SendGridClient
-from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
-from sendgrid_pipeline_tests.sync.support import DESTINATION, log
+from sendgrid_pipeline_tests.sync.support import DESTINATION, log, open_store
 
 BATCH = 5  # small batches: many request boundaries to die at
 
@@ -42,7 +40,7 @@ def main() -> None:
     )
     engine = DestinationSync(
         client,
-        SyncStateStore(Path(state)),
+        open_store(state),  # an SQLite file path or a PostgreSQL URL
         DESTINATION,
         log,
         SyncOptions(allow_mass_removal=True, max_contacts_per_upsert=BATCH),

@@ -10,6 +10,7 @@ import polars as pl
 from sendgrid_pipeline.config import Destination, FieldMapping
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.state import SyncStateStore
+from sendgrid_pipeline.state_postgres import PostgresSyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
 from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 
@@ -23,6 +24,32 @@ DESTINATION = Destination(
     segments=("s",),
 )
 log = logging.getLogger("test_sync")
+
+
+def open_store(where: Path | str) -> SyncStateStore:
+    """The state store at `where`: a PostgreSQL URL, or the path of an SQLite file."""
+    if isinstance(where, str) and where.startswith(("postgresql://", "postgres://")):
+        return PostgresSyncStateStore(where)  # type: ignore[return-value]
+    return SyncStateStore(Path(where))
+
+
+def lose_state(where: Path | str) -> None:
+    """The state is lost: its SQLite file (and WAL) deleted, or its PostgreSQL tables dropped."""
+    if isinstance(where, Path):
+        for file in where.parent.glob(f"{where.name}*"):
+            file.unlink()
+        return
+    import psycopg2
+
+    with psycopg2.connect(where) as db, db.cursor() as cursor:
+        cursor.execute(
+            "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables "
+            "WHERE schemaname = 'public' AND tablename LIKE 'sendgrid\\_%'"
+        )
+        (tables,) = cursor.fetchone()
+        if tables:
+            cursor.execute(f"DROP TABLE {tables}")
+    db.close()
 
 
 class Crash(Exception):
@@ -56,7 +83,7 @@ def fast_client(sandbox: SandboxServer, **kwargs) -> SendGridClient:
 
 def sync(
     sandbox: SandboxServer,
-    state_path: Path,
+    state_at: Path | str,
     desired: pl.DataFrame,
     crash_at: tuple[str, int] | None = None,
     destination: Destination = DESTINATION,
@@ -71,7 +98,7 @@ def sync(
             raise Crash(step)
 
     engine = DestinationSync(
-        client, SyncStateStore(state_path), destination, log, SyncOptions(**options), hook
+        client, open_store(state_at), destination, log, SyncOptions(**options), hook
     )
     return engine.run(desired)
 
@@ -88,5 +115,5 @@ def sent_contacts(sandbox: SandboxServer) -> int:
     return sum(r.contacts for r in sandbox.requests if r.method == "PUT")
 
 
-def recorded(state_path: Path) -> set[str]:
-    return emails(SyncStateStore(state_path).members(DESTINATION.name, LIST_ID))
+def recorded(state_at: Path | str) -> set[str]:
+    return emails(open_store(state_at).members(DESTINATION.name, LIST_ID))

@@ -27,12 +27,18 @@ import polars as pl
 import pytest
 
 from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError
-from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
 from sendgrid_pipeline_tests.devkit.sandbox import FaultPlan, SandboxServer
-from sendgrid_pipeline_tests.sync.support import DESTINATION, LIST_ID, fast_client, log
+from sendgrid_pipeline_tests.sync.support import (
+    DESTINATION,
+    LIST_ID,
+    fast_client,
+    log,
+    open_store,
+)
 
 SEEDS = int(os.environ.get("SENDGRID_SOAK_SEEDS", "30"))
+POSTGRES_SEEDS = [0, 1, 2]  # the same soak on the PostgreSQL store (its seeds are slower)
 REJECTED = "bad"  # SendGrid rejects these rows at job time when the seed says so
 NAMES = ["Ann", "Bo", "Chloé", "Dmitri", "Eve", "Fatima", "Gus", "Hana", "Ivan", "Zoë"]
 MAX_RERUNS = 8
@@ -68,10 +74,10 @@ def _frame(world: dict[str, str]) -> pl.DataFrame:
     )
 
 
-def _sync(sandbox: SandboxServer, state: Path, world: dict[str, str]) -> None:
+def _sync(sandbox: SandboxServer, state: Path | str, world: dict[str, str]) -> None:
     DestinationSync(
         fast_client(sandbox, backoff_max_seconds=0.2),
-        SyncStateStore(state),
+        open_store(state),
         DESTINATION,
         log,
         SyncOptions(allow_mass_removal=True, max_contacts_per_upsert=5),
@@ -79,9 +85,11 @@ def _sync(sandbox: SandboxServer, state: Path, world: dict[str, str]) -> None:
     ).run(_frame(world))
 
 
-def _killed_sync(sandbox: SandboxServer, state: Path, world: dict[str, str], kill_at: int) -> bool:
+def _killed_sync(
+    sandbox: SandboxServer, state: Path | str, world: dict[str, str], kill_at: int, workdir: Path
+) -> bool:
     """The sync in its own process, SIGKILLed at step `kill_at`; True if it was killed."""
-    desired = state.parent / "desired.parquet"
+    desired = workdir / "desired.parquet"
     _frame(world).write_parquet(desired)
     child = subprocess.run(
         [
@@ -117,8 +125,11 @@ def _list_through_export(sandbox: SandboxServer) -> dict[str, str]:
     return {row["email"].lower(): row.get("first_name", "") for row in rows}
 
 
-def soak_one_seed(seed: int) -> Counter:
-    """Run one seed; returns its figures (kills, faults, lost, extra, stale, reruns)."""
+def soak_one_seed(seed: int, dsn: str | None = None) -> Counter:
+    """Run one seed; returns its figures (kills, faults, lost, extra, stale, reruns).
+
+    The state is an SQLite file, or the PostgreSQL database `dsn` (empty) when given.
+    """
     rng = random.Random(seed)
     figures: Counter = Counter(seeds=1)
     next_id = [0]
@@ -131,7 +142,7 @@ def soak_one_seed(seed: int) -> Counter:
         tempfile.TemporaryDirectory() as tmp,
         SandboxServer(lists={LIST_ID: "Soak"}, job_delay_seconds=0.005) as sandbox,
     ):
-        state = Path(tmp) / "state" / "sync_state.sqlite"
+        state: Path | str = dsn or Path(tmp) / "state" / "sync_state.sqlite"
         rejects = f"^{REJECTED}" if rejecting else None
         sandbox.set_faults(FaultPlan(reject_email_pattern=rejects))  # never on the list
         _sync(sandbox, state, world)
@@ -146,7 +157,9 @@ def soak_one_seed(seed: int) -> Counter:
                 unreadable_errors_files=rejecting and rng.random() < 0.5,
             )
         )
-        figures["kills"] += _killed_sync(sandbox, state, world, kill_at=rng.randint(1, 14))
+        figures["kills"] += _killed_sync(
+            sandbox, state, world, kill_at=rng.randint(1, 14), workdir=Path(tmp)
+        )
         world = _change(rng, world, next_id)
         for attempt in range(1, MAX_RERUNS + 1):
             try:
@@ -175,6 +188,13 @@ def soak_one_seed(seed: int) -> Counter:
 def test_sigkill_then_change_then_rerun_ends_exact(seed: int) -> None:
     figures = soak_one_seed(seed)
     print(f"seed {seed}: {dict(figures)}")
+    assert (figures["lost"], figures["extra"], figures["stale_fields"]) == (0, 0, 0), dict(figures)
+
+
+@pytest.mark.parametrize("seed", POSTGRES_SEEDS)
+def test_sigkill_soak_on_the_postgres_state_ends_exact(seed: int, postgres_dsn: str) -> None:
+    figures = soak_one_seed(seed, postgres_dsn)
+    print(f"seed {seed} (PostgreSQL): {dict(figures)}")
     assert (figures["lost"], figures["extra"], figures["stale_fields"]) == (0, 0, 0), dict(figures)
 
 

@@ -11,6 +11,7 @@ from sendgrid_pipeline_tests.sync.support import (
     LIST_ID,
     Crash,
     emails,
+    lose_state,
     on_list,
     people,
     recorded,
@@ -19,50 +20,50 @@ from sendgrid_pipeline_tests.sync.support import (
 )
 
 
-def test_join_change_leave_rejoin_keeps_the_list_exact(sandbox, state_path) -> None:
-    report = sync(sandbox, state_path, people("ann", "bob", "cy"))
+def test_join_change_leave_rejoin_keeps_the_list_exact(sandbox, state_at) -> None:
+    report = sync(sandbox, state_at, people("ann", "bob", "cy"))
     assert on_list(sandbox) == emails(people("ann", "bob", "cy"))
     assert report.plan.counts() == {"add": 3, "update": 0, "remove": 0, "unchanged": 0}
 
     sandbox.reset_request_log()
-    report = sync(sandbox, state_path, people("ann", "bob", "cy", renamed={"bob": "Robert"}))
+    report = sync(sandbox, state_at, people("ann", "bob", "cy", renamed={"bob": "Robert"}))
     assert report.plan.counts() == {"add": 0, "update": 1, "remove": 0, "unchanged": 2}
     assert sent_contacts(sandbox) == 1
     assert sandbox.contact("bob@example.com")["first_name"] == "Robert"
 
-    report = sync(sandbox, state_path, people("ann", "bob", renamed={"bob": "Robert"}))
+    report = sync(sandbox, state_at, people("ann", "bob", renamed={"bob": "Robert"}))
     assert report.removed == 1
     assert on_list(sandbox) == {"ann@example.com", "bob@example.com"}
     assert sandbox.contact("cy@example.com") is not None  # left the list, not the account
 
-    sync(sandbox, state_path, people("ann", "bob", "cy", renamed={"bob": "Robert"}))
+    sync(sandbox, state_at, people("ann", "bob", "cy", renamed={"bob": "Robert"}))
     assert on_list(sandbox) == emails(people("ann", "bob", "cy"))
-    assert recorded(state_path) == on_list(sandbox)
+    assert recorded(state_at) == on_list(sandbox)
 
 
-def test_a_rerun_without_change_sends_no_contact(sandbox, state_path) -> None:
-    sync(sandbox, state_path, people("ann", "bob"))
+def test_a_rerun_without_change_sends_no_contact(sandbox, state_at) -> None:
+    sync(sandbox, state_at, people("ann", "bob"))
     sandbox.reset_request_log()
-    report = sync(sandbox, state_path, people("ann", "bob"))
+    report = sync(sandbox, state_at, people("ann", "bob"))
     assert sent_contacts(sandbox) == 0
     assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE")] == []
     assert report.plan.counts()["unchanged"] == 2
 
 
-def test_contacts_added_by_hand_are_never_touched(sandbox, state_path) -> None:
+def test_contacts_added_by_hand_are_never_touched(sandbox, state_at) -> None:
     sandbox.add_contact_by_hand("early@example.com", [LIST_ID], first_name="Early")
-    sync(sandbox, state_path, people("ann", "bob"))
+    sync(sandbox, state_at, people("ann", "bob"))
     sandbox.add_contact_by_hand("late@example.com", [LIST_ID], first_name="Late")
-    report = sync(sandbox, state_path, people("ann"))
+    report = sync(sandbox, state_at, people("ann"))
     assert on_list(sandbox) == {"ann@example.com", "early@example.com", "late@example.com"}
     assert report.removed == 1  # only bob, whom we added
     assert sandbox.contact("early@example.com")["first_name"] == "Early"
 
 
-def test_a_list_the_destination_owns_is_cleared_of_strangers(sandbox, state_path) -> None:
+def test_a_list_the_destination_owns_is_cleared_of_strangers(sandbox, state_at) -> None:
     sandbox.add_contact_by_hand("stranger@example.com", [LIST_ID])
     owner = DESTINATION.model_copy(update={"owns_list": True})
-    sync(sandbox, state_path, people("ann"), destination=owner)
+    sync(sandbox, state_at, people("ann"), destination=owner)
     assert on_list(sandbox) == {"ann@example.com"}
 
 
@@ -78,20 +79,20 @@ CRASH_POINTS = [
 
 
 @pytest.mark.parametrize("crash_at", CRASH_POINTS, ids=[f"{s}-{n}" for s, n in CRASH_POINTS])
-def test_a_crash_at_any_step_then_a_rerun_ends_exact(sandbox, state_path, crash_at) -> None:
+def test_a_crash_at_any_step_then_a_rerun_ends_exact(sandbox, state_at, crash_at) -> None:
     start = people(*[f"p{i:02}" for i in range(12)])
-    sync(sandbox, state_path, start)
+    sync(sandbox, state_at, start)
     # then: 9 join, one changes, three leave, in batches of 4
     names = [f"p{i:02}" for i in range(3, 21)]
     target = people(*names, renamed={"p05": "Changed"})
     planned_upserts = 9 + 1
     with pytest.raises(Crash):
-        sync(sandbox, state_path, target, crash_at=crash_at, max_contacts_per_upsert=4)
+        sync(sandbox, state_at, target, crash_at=crash_at, max_contacts_per_upsert=4)
     sandbox.wait_for_idle()  # SendGrid finishes jobs that were accepted before the crash
     sandbox.reset_request_log()
-    report = sync(sandbox, state_path, target, max_contacts_per_upsert=4)
+    report = sync(sandbox, state_at, target, max_contacts_per_upsert=4)
     assert on_list(sandbox) == emails(target)
-    assert recorded(state_path) == emails(target)
+    assert recorded(state_at) == emails(target)
     assert sandbox.contact("p05@example.com")["first_name"] == "Changed"
     resent = sent_contacts(sandbox)
     assert resent <= planned_upserts
@@ -101,33 +102,33 @@ def test_a_crash_at_any_step_then_a_rerun_ends_exact(sandbox, state_path, crash_
     unrecorded = crash_at[0] in ("upsert_sent", "remove_sent")
     assert report.recovered_jobs >= (0 if unrecorded else 1)
     sandbox.reset_request_log()
-    sync(sandbox, state_path, target)
+    sync(sandbox, state_at, target)
     assert sent_contacts(sandbox) == 0
 
 
-def test_the_brake_stops_a_mass_removal_until_overridden(sandbox, state_path) -> None:
+def test_the_brake_stops_a_mass_removal_until_overridden(sandbox, state_at) -> None:
     everyone = [f"p{i:02}" for i in range(40)]
-    sync(sandbox, state_path, people(*everyone))
+    sync(sandbox, state_at, people(*everyone))
     sandbox.reset_request_log()
     with pytest.raises(SyncRefused, match=r"remove 50% of it \(20 of 40 contacts"):
-        sync(sandbox, state_path, people(*everyone[:20]))
+        sync(sandbox, state_at, people(*everyone[:20]))
     assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE")] == []
     assert len(on_list(sandbox)) == 40
-    sync(sandbox, state_path, people(*everyone[:20]), allow_mass_removal=True)
+    sync(sandbox, state_at, people(*everyone[:20]), allow_mass_removal=True)
     assert on_list(sandbox) == emails(people(*everyone[:20]))
 
 
-def test_the_brake_refuses_to_empty_a_list(sandbox, state_path) -> None:
-    sync(sandbox, state_path, people("ann", "bob"))
+def test_the_brake_refuses_to_empty_a_list(sandbox, state_at) -> None:
+    sync(sandbox, state_at, people("ann", "bob"))
     with pytest.raises(SyncRefused, match="would empty the list"):
-        sync(sandbox, state_path, people())
+        sync(sandbox, state_at, people())
     assert len(on_list(sandbox)) == 2
 
 
-def test_a_dry_run_plans_and_sends_nothing(sandbox, state_path) -> None:
-    sync(sandbox, state_path, people("ann", "bob", "cy"))
+def test_a_dry_run_plans_and_sends_nothing(sandbox, state_at) -> None:
+    sync(sandbox, state_at, people("ann", "bob", "cy"))
     sandbox.reset_request_log()
-    report = sync(sandbox, state_path, people("bob", "dee", renamed={"bob": "B"}), dry_run=True)
+    report = sync(sandbox, state_at, people("bob", "dee", renamed={"bob": "B"}), dry_run=True)
     assert report.plan.counts() == {"add": 1, "update": 1, "remove": 2, "unchanged": 0}
     assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE", "POST")] == []
     assert on_list(sandbox) == emails(people("ann", "bob", "cy"))
@@ -136,35 +137,34 @@ def test_a_dry_run_plans_and_sends_nothing(sandbox, state_path) -> None:
     assert all("***" in e for e in sample["email"])  # masked
 
 
-def test_reconcile_rebuilds_a_deleted_state_file(sandbox, state_path) -> None:
-    sync(sandbox, state_path, people("ann", "bob", "cy"))
+def test_reconcile_rebuilds_a_deleted_state_file(sandbox, state_at) -> None:
+    sync(sandbox, state_at, people("ann", "bob", "cy"))
     sandbox.add_contact_by_hand("hand@example.com", [LIST_ID])
-    for file in state_path.parent.iterdir():
-        file.unlink()
+    lose_state(state_at)
     sandbox.reset_request_log()
-    report = sync(sandbox, state_path, people("ann", "bob", "cy"))
+    report = sync(sandbox, state_at, people("ann", "bob", "cy"))
     assert report.reconciled == "no record of this list yet"
     assert sent_contacts(sandbox) == 0  # the list already matched: nothing resent
-    assert recorded(state_path) == emails(people("ann", "bob", "cy")) | {"hand@example.com"}
-    report = sync(sandbox, state_path, people("ann", "bob"))
+    assert recorded(state_at) == emails(people("ann", "bob", "cy")) | {"hand@example.com"}
+    report = sync(sandbox, state_at, people("ann", "bob"))
     assert on_list(sandbox) == {"ann@example.com", "bob@example.com", "hand@example.com"}
 
 
-def test_edits_made_in_sendgrid_are_detected_and_repaired(sandbox, state_path) -> None:
-    sync(sandbox, state_path, people("ann", "bob", "cy"))
+def test_edits_made_in_sendgrid_are_detected_and_repaired(sandbox, state_at) -> None:
+    sync(sandbox, state_at, people("ann", "bob", "cy"))
     client = SendGridClient(sandbox.api_key, sandbox.base_url, poll_interval_seconds=0.01)
     bob = client.search_emails(["bob@example.com"])["bob@example.com"]
     client.wait_for_job(client.remove_from_list(LIST_ID, [bob]))  # removed by hand
-    report = sync(sandbox, state_path, people("ann", "bob", "cy"))
+    report = sync(sandbox, state_at, people("ann", "bob", "cy"))
     assert report.reconciled.startswith("the list holds 2 contacts")
     assert on_list(sandbox) == emails(people("ann", "bob", "cy"))
 
 
-def test_reconcile_on_request_corrects_changed_fields(sandbox, state_path) -> None:
-    sync(sandbox, state_path, people("ann", "bob"))
+def test_reconcile_on_request_corrects_changed_fields(sandbox, state_at) -> None:
+    sync(sandbox, state_at, people("ann", "bob"))
     sandbox.add_contact_by_hand("ann@example.com", [LIST_ID], first_name="Edited")
     sandbox.reset_request_log()
-    assert sync(sandbox, state_path, people("ann", "bob")).plan.counts()["update"] == 0
-    report = sync(sandbox, state_path, people("ann", "bob"), reconcile=True)
+    assert sync(sandbox, state_at, people("ann", "bob")).plan.counts()["update"] == 0
+    report = sync(sandbox, state_at, people("ann", "bob"), reconcile=True)
     assert report.plan.counts()["update"] == 1
     assert sandbox.contact("ann@example.com")["first_name"] == "Ann"
