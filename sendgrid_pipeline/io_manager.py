@@ -1,30 +1,85 @@
-"""Polars frames between steps as Parquet files (no pickling of large frames).
+"""Polars frames between steps as Parquet objects (no pickling of large frames), and reports.
 
+Both live on a storage base (see object_storage.py): a directory by default, or a `file://`,
+`s3://`, `gs://` or `az://` URL in a deployment where every run pod must reach them.
 Destination-partitioned outputs carry a `destination` column; a run over several partitions
-writes one file per partition, and loading several partitions concatenates them.
+writes one object per partition, and loading several partitions concatenates them.
+
+Connection settings: `storage_options` (config, shown in the UI: no credentials there) over
+the provider variables the settings read from the environment, passed in as
+`environment_resource(...)`: a value Dagster hands over when a run starts, never config.
 """
 
-from __future__ import annotations
-
-import os
-import uuid
-from pathlib import Path
+# (no `from __future__ import annotations`: Dagster reads the resources' field types)
+import threading
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Self
+from urllib.parse import urlsplit
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from sendgrid_pipeline.object_storage import ObjectNotFoundError, StorageLocation
+
 PARTITION_COLUMN = "destination"
+REJECTED_REPORTS = "reports/rejected"  # under a report store's base
+
+_LOCATIONS: dict[tuple, StorageLocation] = {}
+_LOCATIONS_LOCK = threading.Lock()
+
+
+def environment_resource(environment: Mapping[str, str]) -> dg.ResourceDefinition:
+    """The storage provider variables (Settings.storage_environment) as a value the storage
+    resources depend on: Dagster passes it when a run starts and never shows it."""
+    return dg.ResourceDefinition.hardcoded_resource(
+        dict(environment), "Object-store settings from the environment (never shown)."
+    )
+
+
+def storage_location(
+    base: str,
+    storage_options: Mapping[str, str] | None = None,
+    environment: Mapping[str, str] | None = None,
+) -> StorageLocation:
+    """The location of a base, one per base and settings in a process (one store client each)."""
+    key = (
+        base,
+        tuple(sorted((storage_options or {}).items())),
+        tuple(sorted((environment or {}).items())),
+    )
+    with _LOCATIONS_LOCK:
+        location = _LOCATIONS.get(key)
+        if location is None:
+            location = StorageLocation(base, storage_options, environment=environment)
+            _LOCATIONS[key] = location
+        return location
 
 
 class DestinationParquetIOManager(dg.ConfigurableIOManager):
     """Stores each asset (partition) as <base_dir>/<asset key>/<partition>.parquet."""
 
-    base_dir: str = Field(description="Directory for the Parquet files.")
+    base_dir: str = Field(
+        description="Where the Parquet objects go: a directory or a URL (file://, s3://, "
+        "gs://, az://)."
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object-store options (endpoint, region, ...) over those from the "
+        "environment. No credentials here: they stay in the environment.",
+    )
+    environment: dg.ResourceDependency[Mapping[str, str]] = None  # type: ignore[assignment]
 
-    def _path(self, key: dg.AssetKey, partition: str | None) -> Path:
-        folder = Path(self.base_dir, *key.path)
-        return folder / f"{partition}.parquet" if partition else folder.with_suffix(".parquet")
+    @property
+    def location(self) -> StorageLocation:
+        return storage_location(self.base_dir, self.storage_options, self.environment)
+
+    @staticmethod
+    def object_path(key: dg.AssetKey, partition: str | None) -> str:
+        """The object's path under the base: <asset key>/<partition>.parquet."""
+        path = PurePosixPath(*key.path)
+        return str(path / f"{partition}.parquet" if partition else path.with_suffix(".parquet"))
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         if obj is None:
@@ -32,17 +87,17 @@ class DestinationParquetIOManager(dg.ConfigurableIOManager):
         if not isinstance(obj, pl.DataFrame):
             raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame")
         if not context.has_asset_partitions:
-            self._write(self._path(context.asset_key, None), obj)
+            self._write(context.asset_key, None, obj)
             return
         keys = context.asset_partition_keys
         if len(keys) == 1:
-            self._write(self._path(context.asset_key, keys[0]), obj)
+            self._write(context.asset_key, keys[0], obj)
             return
         for (key,), part in obj.partition_by(PARTITION_COLUMN, as_dict=True).items():
-            self._write(self._path(context.asset_key, str(key)), part)
+            self._write(context.asset_key, str(key), part)
         missing = set(keys) - set(obj[PARTITION_COLUMN].unique().to_list())
-        for key in missing:  # a destination with no rows still gets its (empty) file
-            self._write(self._path(context.asset_key, key), obj.clear())
+        for key in missing:  # a destination with no rows still gets its (empty) object
+            self._write(context.asset_key, key, obj.clear())
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         if not context.has_asset_partitions:
@@ -52,24 +107,67 @@ class DestinationParquetIOManager(dg.ConfigurableIOManager):
 
     def _read(self, key: dg.AssetKey, partition: str | None) -> pl.DataFrame:
         """A stored output, or an immediate, non-retried failure that says what to run."""
-        path = self._path(key, partition)
-        if not path.is_file():
+        location = self.location
+        relative = self.object_path(key, partition)
+        try:
+            return location.read_parquet(relative)
+        except ObjectNotFoundError:
             which = f" for destination {partition!r}" if partition else ""
             raise dg.Failure(
-                description=f"No stored output of {key.to_user_string()}{which} at {path}: "
-                f"materialize {key.to_user_string()}{which} first (or select it together "
-                "with this asset in one run).",
+                description=f"No stored output of {key.to_user_string()}{which} at "
+                f"{location.url_for(relative)}: materialize {key.to_user_string()}{which} "
+                "first (or select it together with this asset in one run).",
                 allow_retries=False,
-            )
-        return pl.read_parquet(path)
+            ) from None
 
-    @staticmethod
-    def _write(path: Path, frame: pl.DataFrame) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary name of its own: two runs writing the same output never share it
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            frame.write_parquet(tmp, compression="lz4", statistics=False)
-            os.replace(tmp, path)  # readers never see a half-written file
-        finally:
-            tmp.unlink(missing_ok=True)
+    def _write(self, key: dg.AssetKey, partition: str | None, frame: pl.DataFrame) -> None:
+        # locally: a unique temporary file renamed into place; an object-store PUT is atomic
+        self.location.write_parquet(frame, self.object_path(key, partition))
+
+
+class ReportStore(dg.ConfigurableResource):
+    """Where the reports (rejected rows) go: <base_dir>/reports/rejected/<destination>.csv.
+
+    Deployed, the base is the step outputs' own when they are on an object store or a
+    directory of their own; with the default `<data dir>/storage`, it is the data directory,
+    so the reports stay in `<data dir>/reports/rejected/`.
+    """
+
+    base_dir: str = Field(description="A directory or a URL (file://, s3://, gs://, az://).")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object-store options over those from the environment; no credentials.",
+    )
+    environment: dg.ResourceDependency[Mapping[str, str]] = None  # type: ignore[assignment]
+
+    @classmethod
+    def beside(cls, io_manager: DestinationParquetIOManager) -> Self:
+        """The reports beside the step outputs: a local `.../storage` folder's parent (the
+        default layout, `<dir>/storage` and `<dir>/reports`), any other base itself."""
+        base_dir = io_manager.base_dir
+        if not urlsplit(base_dir).scheme and Path(base_dir).name == "storage":
+            base_dir = str(Path(base_dir).parent)
+        environment = io_manager.environment
+        if environment is not None and not isinstance(environment, dg.ResourceDefinition):
+            environment = environment_resource(environment)
+        return cls(
+            base_dir=base_dir,
+            storage_options=dict(io_manager.storage_options),
+            environment=environment,
+        )
+
+    @property
+    def location(self) -> StorageLocation:
+        return storage_location(self.base_dir, self.storage_options, self.environment)
+
+    def metadata_value(self, url: str) -> dg.MetadataValue:
+        """A report's place in the UI: a path on a local base, a URL on an object store."""
+        if self.location.is_local and not url.startswith("file:"):
+            return dg.MetadataValue.path(url)
+        return dg.MetadataValue.url(url)
+
+    def write_report(self, name: str, data: bytes) -> str:
+        """Store `reports/rejected/<name>` (replacing it whole); returns its URL or path."""
+        relative = f"{REJECTED_REPORTS}/{name}"
+        self.location.write_bytes(relative, data)
+        return self.location.url_for(relative)

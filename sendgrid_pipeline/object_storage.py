@@ -13,7 +13,11 @@ both). A local base needs neither network nor `obstore`.
 
 Connection settings (endpoint, region, credentials) come from the standard environment
 variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) unless `storage_options` gives them; explicit options
-override the environment. Keys are those of `object_store`, as polars documents them
+override the environment. This module never reads the process environment itself: the caller
+passes the variables (`environment=`, read once by `Settings.from_env`); the base's own
+provider's standard variables become options, and every secret among them is scrubbed from
+messages. (polars and obstore may still consult the process environment for what no option
+sets, e.g. a web-identity token file.) Keys are those of `object_store`, as polars documents them
 (`aws_endpoint_url`, `aws_region`, `aws_access_key_id`, `google_service_account`,
 `azure_storage_account_name`, ...). An `http://` endpoint allows plain HTTP by itself.
 
@@ -39,11 +43,15 @@ from urllib.parse import unquote, urlsplit
 import polars as pl
 
 __all__ = [
+    "STORAGE_ENV_PREFIXES",
     "ObjectInfo",
     "ObjectNotFoundError",
     "ObjectStorageError",
     "StorageLocation",
 ]
+
+# The environment variables a storage base may take its settings from (see Settings).
+STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 
 # Scheme as written -> the scheme both polars and obstore understand.
 _CLOUD_SCHEMES = {
@@ -96,6 +104,50 @@ _SECRET_ENV = (
     "AZURE_CLIENT_SECRET",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
 )
+# Variables that become options (lowercased: AWS_REGION -> aws_region) for a base of that
+# provider: keys both polars and obstore accept. Others are left to the libraries themselves.
+_ENV_OPTIONS = {
+    "s3": frozenset(
+        f"AWS_{k}"
+        for k in (
+            "ACCESS_KEY_ID",
+            "SECRET_ACCESS_KEY",
+            "SESSION_TOKEN",
+            "REGION",
+            "DEFAULT_REGION",
+            "ENDPOINT",
+            "ENDPOINT_URL",
+            "ALLOW_HTTP",
+            "SKIP_SIGNATURE",
+            "VIRTUAL_HOSTED_STYLE_REQUEST",
+        )
+    ),
+    "gs": frozenset(
+        {
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GOOGLE_SERVICE_ACCOUNT_PATH",
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        }
+    ),
+    "az": frozenset(
+        f"AZURE_{k}"
+        for k in (
+            "STORAGE_ACCOUNT_NAME",
+            "STORAGE_ACCOUNT_KEY",
+            "STORAGE_ACCESS_KEY",
+            "STORAGE_SAS_KEY",
+            "STORAGE_SAS_TOKEN",
+            "STORAGE_CLIENT_ID",
+            "STORAGE_CLIENT_SECRET",
+            "STORAGE_TENANT_ID",
+            "STORAGE_USE_EMULATOR",
+            "CLIENT_ID",
+            "CLIENT_SECRET",
+            "TENANT_ID",
+        )
+    ),
+}
 
 
 class ObjectStorageError(Exception):
@@ -119,13 +171,23 @@ class ObjectInfo:
 class StorageLocation:
     """A storage base: read and write objects by relative path.
 
+    `environment`: the provider variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) the caller read;
+    explicit `storage_options` override them.
+
     >>> StorageLocation("s3://bucket/outputs").url_for("contacts/a.parquet")
     's3://bucket/outputs/contacts/a.parquet'
     """
 
     def __init__(
-        self, base: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+        self,
+        base: str | os.PathLike[str],
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
+        self._environment = {
+            k: v for k, v in (environment or {}).items() if k.startswith(STORAGE_ENV_PREFIXES)
+        }
         self._options = _normalized_options(storage_options or {})
         self._store: Any = None
         self._store_lock = threading.Lock()
@@ -161,6 +223,13 @@ class StorageLocation:
                 _check_segment(segment, text)
         self._prefix = prefix
         self._url = f"{self._scheme}://{parts.netloc}" + (f"/{prefix}" if prefix else "")
+        provider = "az" if self._scheme in ("adl", "abfs", "abfss") else self._scheme
+        from_env = {
+            name.lower(): value
+            for name, value in self._environment.items()
+            if name in _ENV_OPTIONS[provider] and value
+        }
+        self._options = _normalized_options({**from_env, **self._options})
 
     @staticmethod
     def _parse_local(text: str, parts: Any) -> Path:
@@ -184,7 +253,8 @@ class StorageLocation:
 
     @property
     def storage_options(self) -> dict[str, str]:
-        """The explicit options polars receives (possibly holding credentials: never log)."""
+        """The options polars receives: explicit ones over those from the environment
+        (possibly holding credentials: never log)."""
         return dict(self._options)
 
     def __repr__(self) -> str:
@@ -513,7 +583,11 @@ def _redacted(text: str, location: StorageLocation) -> str:
         for key, value in location._options.items()
         if any(word in key for word in _SECRET_WORDS)
     ]
-    secrets += [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
+    secrets += [
+        value
+        for name, value in location._environment.items()
+        if value and (name in _SECRET_ENV or any(w in name.lower() for w in _SECRET_WORDS))
+    ]
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= 4:
             text = text.replace(secret, "***")

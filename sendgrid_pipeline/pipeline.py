@@ -22,17 +22,16 @@ from sendgrid_pipeline.assets.sync import build_sync_asset
 from sendgrid_pipeline.config import PipelineConfig, load_config
 from sendgrid_pipeline.delta_source import DeltaProfileSource
 from sendgrid_pipeline.errors import ProfileDataError
-from sendgrid_pipeline.io_manager import DestinationParquetIOManager
+from sendgrid_pipeline.io_manager import (
+    DestinationParquetIOManager,
+    ReportStore,
+    environment_resource,
+)
 from sendgrid_pipeline.profile_source import FileProfileSource, ProfileSource
 from sendgrid_pipeline.schedules import build_refresh_schedule
 from sendgrid_pipeline.sendgrid.resource import SendGridResource, deployed_sendgrid_resource
 from sendgrid_pipeline.sensors import build_export_request_sensor, build_profile_change_sensor
-from sendgrid_pipeline.settings import (
-    DEFAULT_EXECUTOR,
-    DEFAULT_REFRESH_CRON,
-    DEFAULT_REFRESH_TIMEZONE,
-    Settings,
-)
+from sendgrid_pipeline.settings import DEFAULT_REFRESH_CRON, DEFAULT_REFRESH_TIMEZONE, Settings
 from sendgrid_pipeline.state import SyncStateResource
 from sendgrid_pipeline.warehouse import SqlProfileSource
 
@@ -50,13 +49,13 @@ class PipelineResources:
     sync_state: SyncStateResource
     io_manager: DestinationParquetIOManager
     profile_source: ProfileSource  # files, a SQL warehouse or a Delta table
-    # How the export job runs its steps (settings.EXECUTORS); not a resource, but deployment
-    # wiring like them. A run's config still configures it (execution: config: ...).
-    executor: str = DEFAULT_EXECUTOR
+    # Where the rejected-rows reports go (None: beside the step outputs, ReportStore.beside)
+    reports: ReportStore | None = None
 
     def as_dict(self) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
         return {
             "io_manager": self.io_manager,
+            "report_store": self.reports or ReportStore.beside(self.io_manager),
             "profile_source": self.profile_source,
             "sendgrid": self.sendgrid,
             "sync_state": self.sync_state,
@@ -67,14 +66,20 @@ def default_resources(settings: Settings, config: PipelineConfig) -> PipelineRes
     """The deployed resources: SendGrid with the key as a dg.EnvVar, the directories given."""
     return PipelineResources(
         sendgrid=deployed_sendgrid_resource(settings),
-        sync_state=SyncStateResource(
-            directory=str(settings.state_dir),
-            # resolved when a run starts and never shown: the URL holds a password
-            dsn=dg.EnvVar(settings.state_dsn_env) if settings.state_dsn_env else None,
+        sync_state=SyncStateResource(directory=str(settings.state_dir)),
+        io_manager=DestinationParquetIOManager(
+            base_dir=settings.storage_dir,
+            environment=environment_resource(settings.storage_environment),
         ),
-        io_manager=DestinationParquetIOManager(base_dir=str(settings.storage_dir)),
+        # the default layout keeps the reports in <data dir>/reports; any other storage base
+        # (a directory of its own, an object store) holds them under <base>/reports
+        reports=ReportStore(
+            base_dir=str(settings.data_dir)
+            if settings.storage_is_default
+            else settings.storage_dir,
+            environment=environment_resource(settings.storage_environment),
+        ),
         profile_source=configured_profile_source(config),
-        executor=settings.executor,
     )
 
 
@@ -97,9 +102,6 @@ def configured_profile_source(config: PipelineConfig) -> ProfileSource:
             table_uri=spec.delta_location(config.data_dir), version=spec.version
         )
     return FileProfileSource(directory=str(config.profiles_dir))
-
-
-EXECUTOR_DEFS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
 
 
 def load_validated_config(
@@ -217,7 +219,6 @@ def build_definitions(
     """The assets, checks, export job, refresh schedule and sensors of `config`, wired to
     `resources`; the schedule runs on `refresh_cron` in `refresh_timezone`."""
     partitions = dg.StaticPartitionsDefinition(config.destination_names)
-    executor = EXECUTOR_DEFS[resources.executor]
     keys = config.destination_names
     _create_requests_folder(config)
     note = skipped_note(config)
@@ -237,7 +238,7 @@ def build_definitions(
         EXPORT_JOB,
         selection=dg.AssetSelection.groups(GROUP),
         partitions_def=partitions,
-        executor_def=executor,
+        executor_def=dg.in_process_executor,
         description=(f"{note}\n\n" if note else "")
         + "Exports the selected destinations (partitions) end to end: profiles, "
         "segments, contacts, and the list sync.",
@@ -255,5 +256,5 @@ def build_definitions(
             build_export_request_sensor(export_job, config),
         ],
         resources=resources.as_dict(),
-        executor=executor,
+        executor=dg.in_process_executor,
     )

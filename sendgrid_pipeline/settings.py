@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sendgrid_pipeline.errors import ConfigError
+from sendgrid_pipeline.object_storage import STORAGE_ENV_PREFIXES
 from sendgrid_pipeline.sendgrid.client import DEFAULT_BASE_URL
 
 DATA_DIR_ENV = "SENDGRID_PIPELINE_DATA_DIR"
 STATE_DIR_ENV = "SENDGRID_PIPELINE_STATE_DIR"
-# The PostgreSQL URL of the shared sync state; its value (with a password) is never read here:
-# the deployed resource holds dg.EnvVar(STATE_DSN_ENV) when the variable is set.
-STATE_DSN_ENV = "SENDGRID_PIPELINE_STATE_DSN"
-EXECUTOR_ENV = "SENDGRID_PIPELINE_EXECUTOR"
 STORAGE_DIR_ENV = "SENDGRID_PIPELINE_STORAGE_DIR"
 BASE_URL_ENV = "SENDGRID_BASE_URL"
 POLL_INTERVAL_ENV = "SENDGRID_POLL_INTERVAL_SECONDS"
@@ -37,8 +34,6 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_POLL_INTERVAL_SECONDS = 1.0
 DEFAULT_REFRESH_CRON = "0 6 * * *"
 DEFAULT_REFRESH_TIMEZONE = "UTC"
-EXECUTORS = ("in_process", "multiprocess")  # how the export job runs its steps
-DEFAULT_EXECUTOR = "in_process"
 
 
 @dataclass(frozen=True)
@@ -46,31 +41,36 @@ class Settings:
     """Where the data, the sync state and the step outputs live; which SendGrid; when to refresh.
 
     `state_dir` and `storage_dir` default to `<data_dir>/state` and `<data_dir>/storage`.
+    `storage_dir` is a directory or a storage URL (`file://`, `s3://`, `gs://`, `az://`, ...);
+    `storage_environment` holds the object-store provider variables (`AWS_*`, `GOOGLE_*`,
+    `AZURE_*`) the storage reaches its store with: never shown (they may be credentials).
     """
 
     data_dir: Path = DEFAULT_DATA_DIR
     state_dir: Path | None = None  # None: <data_dir>/state
-    storage_dir: Path | None = None  # None: <data_dir>/storage
+    storage_dir: str | Path | None = None  # a path or URL; None: <data_dir>/storage
     sendgrid_base_url: str = DEFAULT_BASE_URL
     poll_interval_seconds: float = DEFAULT_POLL_INTERVAL_SECONDS
     refresh_cron: str = DEFAULT_REFRESH_CRON
     refresh_timezone: str = DEFAULT_REFRESH_TIMEZONE
     api_key_env: str = API_KEY_ENV
-    # The variable holding the state's PostgreSQL URL when it is set (None: SQLite in state_dir)
-    state_dsn_env: str | None = None
-    executor: str = DEFAULT_EXECUTOR  # in_process | multiprocess
+    storage_environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir).resolve()
         object.__setattr__(self, "data_dir", data_dir)
-        for name, default in (("state_dir", "state"), ("storage_dir", "storage")):
-            value = getattr(self, name)
-            object.__setattr__(self, name, Path(value) if value else data_dir / default)
-        if self.executor not in EXECUTORS:
-            raise ConfigError(
-                f"Environment variable {EXECUTOR_ENV}={self.executor!r}: expected one of "
-                f"{', '.join(EXECUTORS)}"
-            )
+        object.__setattr__(
+            self, "state_dir", Path(self.state_dir) if self.state_dir else data_dir / "state"
+        )
+        storage = str(self.storage_dir) if self.storage_dir else str(data_dir / "storage")
+        object.__setattr__(self, "storage_dir", storage)
+        object.__setattr__(self, "storage_environment", dict(self.storage_environment))
+
+    @property
+    def storage_is_default(self) -> bool:
+        """Whether step outputs are in `<data_dir>/storage` (the reports then stay in
+        `<data_dir>/reports`, beside it, where they always were)."""
+        return self.storage_dir == str(self.data_dir / "storage")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,13 +90,16 @@ class Settings:
         return cls(
             data_dir=Path(get(DATA_DIR_ENV) or DEFAULT_DATA_DIR),
             state_dir=_path(get(STATE_DIR_ENV)),
-            storage_dir=_path(get(STORAGE_DIR_ENV)),
+            storage_dir=get(STORAGE_DIR_ENV),
             sendgrid_base_url=get(BASE_URL_ENV) or DEFAULT_BASE_URL,
             poll_interval_seconds=poll_interval,
             refresh_cron=get(REFRESH_CRON_ENV) or DEFAULT_REFRESH_CRON,
             refresh_timezone=get(REFRESH_TIMEZONE_ENV) or DEFAULT_REFRESH_TIMEZONE,
-            state_dsn_env=STATE_DSN_ENV if get(STATE_DSN_ENV) else None,
-            executor=(get(EXECUTOR_ENV) or DEFAULT_EXECUTOR).strip().lower(),
+            storage_environment={
+                name: value
+                for name, value in env.items()
+                if name.startswith(STORAGE_ENV_PREFIXES) and value
+            },
         )
 
 

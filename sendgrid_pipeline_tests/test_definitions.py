@@ -82,7 +82,7 @@ def test_unset_or_empty_variables_give_the_documented_defaults() -> None:
         settings = Settings.from_env(environ)
         assert settings.data_dir == REPO / "data"
         assert settings.state_dir == REPO / "data" / "state"
-        assert settings.storage_dir == REPO / "data" / "storage"
+        assert settings.storage_dir == str(REPO / "data" / "storage")
         assert settings.sendgrid_base_url == "https://api.sendgrid.com"
         assert settings.poll_interval_seconds == 1.0
         assert (settings.refresh_cron, settings.refresh_timezone) == ("0 6 * * *", "UTC")

@@ -1,24 +1,104 @@
-"""Step outputs between runs: concurrent writers of one output never trip over each other."""
+"""Step outputs between runs: concurrent writers of one output never trip over each other, a
+missing input fails at once naming where it was looked for, and the reports sit beside."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
+import pytest
 
-from sendgrid_pipeline.io_manager import DestinationParquetIOManager
+from sendgrid_pipeline.io_manager import (
+    DestinationParquetIOManager,
+    ReportStore,
+    environment_resource,
+)
+
+KEY = dg.AssetKey("unified_profiles")
 
 
 def test_two_runs_writing_the_same_output_at_once_both_succeed(tmp_path: Path) -> None:
-    target = tmp_path / "unified_profiles.parquet"
+    manager = DestinationParquetIOManager(base_dir=str(tmp_path))
     frames = [pl.DataFrame({"customer_id": [f"C{w}-{i}" for i in range(20_000)]}) for w in range(8)]
 
     def write(frame: pl.DataFrame) -> None:
         for _ in range(5):
-            DestinationParquetIOManager._write(target, frame)
+            manager._write(KEY, None, frame)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(write, frames))  # a shared temporary name made some of these raise
+    target = tmp_path / "unified_profiles.parquet"
     assert any(pl.read_parquet(target).equals(frame) for frame in frames)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unified_profiles.parquet"]
+
+
+def test_partitions_are_objects_under_the_asset_key(tmp_path: Path) -> None:
+    manager = DestinationParquetIOManager(base_dir=(tmp_path / "out").as_uri())
+    frame = pl.DataFrame({"destination": ["a", "a", "b"], "email": ["x@a", "y@a", "z@b"]})
+    context = dg.build_output_context(
+        asset_key=dg.AssetKey("sendgrid_contacts"),
+        partition_key=None,
+        asset_partitions_def=dg.StaticPartitionsDefinition(["a", "b", "c"]),
+    )
+    # several partitions in one run: one object each, an empty one for a destination with none
+    for key in ("a", "b", "c"):
+        manager._write(context.asset_key, key, frame.filter(pl.col("destination") == key))
+    folder = tmp_path / "out" / "sendgrid_contacts"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.parquet", "b.parquet", "c.parquet"]
+    assert pl.read_parquet(folder / "c.parquet").height == 0
+    assert manager._read(context.asset_key, "a")["email"].to_list() == ["x@a", "y@a"]
+
+
+def test_a_missing_input_fails_at_once_naming_its_place(tmp_path: Path) -> None:
+    manager = DestinationParquetIOManager(base_dir=str(tmp_path / "storage"))
+    with pytest.raises(dg.Failure) as raised:
+        manager._read(dg.AssetKey("sendgrid_contacts"), "eu_newsletter")
+    failure = raised.value
+    assert failure.allow_retries is False
+    where = str(tmp_path / "storage" / "sendgrid_contacts" / "eu_newsletter.parquet")
+    assert where in failure.description
+    assert "materialize sendgrid_contacts for destination 'eu_newsletter' first" in (
+        failure.description
+    )
+
+
+def test_one_location_per_base(tmp_path: Path) -> None:
+    first = DestinationParquetIOManager(base_dir=str(tmp_path))
+    second = DestinationParquetIOManager(base_dir=str(tmp_path))
+    assert first.location is second.location  # one client per base and settings
+    assert first.location is not DestinationParquetIOManager(base_dir=str(tmp_path / "x")).location
+
+
+@pytest.mark.parametrize(
+    ("storage", "reports"),
+    [
+        ("{tmp}/data/storage", "{tmp}/data"),  # the default layout: <data dir>/reports
+        ("{tmp}/outputs", "{tmp}/outputs"),
+        ("file://{tmp}/storage", "file://{tmp}/storage"),
+        ("s3://bucket/storage", "s3://bucket/storage"),
+    ],
+)
+def test_reports_sit_beside_the_step_outputs(tmp_path: Path, storage: str, reports: str) -> None:
+    manager = DestinationParquetIOManager(
+        base_dir=storage.format(tmp=tmp_path),
+        storage_options={"aws_region": "eu-west-1"},
+        environment=environment_resource({"AWS_REGION": "us-east-1"}),
+    )
+    store = ReportStore.beside(manager)
+    assert store.base_dir == reports.format(tmp=tmp_path)
+    assert store.storage_options == {"aws_region": "eu-west-1"}
+    assert store.environment is manager.environment
+
+
+def test_a_local_report_is_a_path_and_an_object_store_one_a_url(tmp_path: Path) -> None:
+    store = ReportStore(base_dir=str(tmp_path))
+    path = store.write_report("eu_newsletter.csv", b"destination,customer_id,reason\n")
+    assert path == str(tmp_path / "reports" / "rejected" / "eu_newsletter.csv")
+    assert Path(path).read_bytes() == b"destination,customer_id,reason\n"
+    assert store.metadata_value(path) == dg.MetadataValue.path(path)
+    remote = "s3://bucket/reports/rejected/eu_newsletter.csv"
+    assert ReportStore(base_dir="s3://bucket").metadata_value(remote) == dg.MetadataValue.url(
+        remote
+    )

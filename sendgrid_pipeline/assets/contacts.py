@@ -17,7 +17,6 @@ from sendgrid_pipeline.assets.common import (
     partition_check_results,
     table_metadata,
 )
-from sendgrid_pipeline.assets.profiles import SNAPSHOT_METADATA
 from sendgrid_pipeline.checks import (
     CAP_CHECK,
     EMAIL_CHECK,
@@ -25,6 +24,7 @@ from sendgrid_pipeline.checks import (
     contact_check_results,
 )
 from sendgrid_pipeline.config import SENDGRID_FIELD_MAX_LENGTH, PipelineConfig
+from sendgrid_pipeline.io_manager import ReportStore
 from sendgrid_pipeline.privacy import mask_email_expr
 from sendgrid_pipeline.transform import destination_contacts
 
@@ -51,12 +51,8 @@ with warnings.catch_warnings():  # the dagster-pandas type factory is marked bet
     )
 
 
-def reports_dir(config: PipelineConfig) -> Path:
-    return config.data_dir / "reports" / "rejected"
-
-
-def write_rejected_report(path: Path, rejected: pl.DataFrame) -> pd.DataFrame:
-    """Validate the report with its dagster-pandas type and write it as CSV.
+def rejected_report(rejected: pl.DataFrame) -> pd.DataFrame:
+    """The report, validated with its dagster-pandas type.
 
     Columns are built as pandas strings explicitly: an empty frame must keep its declared
     types (pandas would make empty columns float64 and fail the contract on clean data).
@@ -67,30 +63,25 @@ def write_rejected_report(path: Path, rejected: pl.DataFrame) -> pd.DataFrame:
     check = RejectedRowsReport.type_check(None, report)
     if not check.success:
         raise ValueError(f"rejected-rows report violates its contract: {check.description}")
+    return report
+
+
+def write_rejected_report(path: Path, rejected: pl.DataFrame) -> pd.DataFrame:
+    """Validate the report with its dagster-pandas type and write it as CSV to a file."""
+    report = rejected_report(rejected)
     path.parent.mkdir(parents=True, exist_ok=True)
     report.to_csv(path, index=False)
     return report
 
 
-def profiles_snapshot(context: dg.AssetExecutionContext) -> str | None:
-    """When the profiles this run's contacts come from were read (see unified_profiles).
-
-    The materialization of this run when it computed the profiles, else the latest one (the
-    profiles the input manager loads); None for profiles materialized before snapshots.
-    """
-    key = dg.AssetKey("unified_profiles")
-    event = None
-    for record in context.instance.all_logs(
-        context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
-    ):
-        materialization = record.asset_materialization
-        if materialization is not None and materialization.asset_key == key:
-            event = materialization
-    if event is None:
-        latest = context.instance.get_latest_materialization_event(key)
-        event = latest.asset_materialization if latest is not None else None
-    value = event.metadata.get(SNAPSHOT_METADATA) if event is not None else None
-    return str(value.value) if value is not None else None
+def store_rejected_report(
+    reports: ReportStore, key: str, rejected: pl.DataFrame
+) -> tuple[pd.DataFrame, str]:
+    """Validate the report and store it as reports/rejected/<key>.csv; returns it and its URL
+    (a path on a local base)."""
+    report = rejected_report(rejected)
+    url = reports.write_report(f"{key}.csv", report.to_csv(index=False).encode("utf-8"))
+    return report, url
 
 
 def build_contacts_asset(
@@ -130,6 +121,7 @@ def build_contacts_asset(
         context: dg.AssetExecutionContext,
         unified_profiles: pl.DataFrame,
         segment_membership: pl.DataFrame,
+        report_store: ReportStore,
     ) -> Iterator[dg.Output | dg.AssetCheckEvaluation]:
         accepted_frames = []
         per_destination = {}
@@ -139,8 +131,7 @@ def build_contacts_asset(
             result = destination_contacts(unified_profiles, segment_membership, destination)
             accepted_frames.append(result.accepted)
             check_results[key] = contact_check_results(result.accepted, destination.profile_cap)
-            report_path = reports_dir(config) / f"{key}.csv"
-            report = write_rejected_report(report_path, result.rejected)
+            report, report_url = store_rejected_report(report_store, key, result.rejected)
             by_reason = dict(result.rejected.group_by("reason").len().iter_rows())
             masked = result.rejected.head(20).with_columns(mask_email_expr("email"))
             context.log.info(
@@ -162,13 +153,10 @@ def build_contacts_asset(
                 "excluded_segments": ", ".join(destination.exclude_segments) or "(none)",
                 "profile_cap": destination.profile_cap,
                 "rejected_sample (masked)": table_metadata(masked),
-                "rejected_report": dg.MetadataValue.path(str(report_path)),
+                "rejected_report": report_store.metadata_value(report_url),
                 "rejected_report_schema": create_table_schema_metadata_from_dataframe(report),
             }
         accepted = pl.concat(accepted_frames, how="diagonal_relaxed")
-        accepted = accepted.with_columns(
-            pl.lit(profiles_snapshot(context), dtype=pl.String).alias(SNAPSHOT_METADATA)
-        )
         # Every figure goes on its own destination's partition: the Output itself carries none,
         # since its metadata would be shown on every partition of the run.
         add_partition_metadata(context, per_destination)

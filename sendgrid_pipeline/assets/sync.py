@@ -2,8 +2,7 @@
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,11 +21,10 @@ from sendgrid_pipeline.assets.common import (
     table_metadata,
     tag_is_true,
 )
-from sendgrid_pipeline.assets.contacts import reports_dir
-from sendgrid_pipeline.assets.profiles import SNAPSHOT_METADATA
 from sendgrid_pipeline.assets.sync_checks import LIST_SIZE_CHECK, list_size_result
 from sendgrid_pipeline.config import Destination, PipelineConfig
 from sendgrid_pipeline.errors import PipelineError
+from sendgrid_pipeline.io_manager import ReportStore
 from sendgrid_pipeline.sendgrid.resource import SendGridResource
 from sendgrid_pipeline.state import SyncStateResource
 from sendgrid_pipeline.sync.apply import (
@@ -40,9 +38,6 @@ from sendgrid_pipeline.sync.custom_fields import resolve_custom_field_ids
 
 SENDGRID_LIST_URL = "https://mc.sendgrid.com/contacts/lists/{list_id}"
 SENDGRID_API_HOSTS = ("api.sendgrid.com", "api.eu.sendgrid.com")
-# At most one sync step at a time across the deployment (the pool's limit, 1, is set on the
-# instance); the per-list lock in the sync state still guards every other way in.
-SYNC_POOL = "sendgrid_list_sync"
 
 
 class SyncConfig(dg.Config):
@@ -148,12 +143,10 @@ def report_metadata(report: SyncReport, base_url: str) -> dict:
     }
 
 
-def write_sendgrid_rejections(pipeline: PipelineConfig, key: str, rejected: pl.DataFrame) -> Path:
-    """Rows SendGrid itself refused, beside the contacts asset's rejected-rows report."""
-    path = reports_dir(pipeline) / f"{key}.sendgrid.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rejected.write_csv(path)
-    return path
+def write_sendgrid_rejections(reports: ReportStore, key: str, rejected: pl.DataFrame) -> str:
+    """Rows SendGrid itself refused, beside the contacts asset's rejected-rows report
+    (reports/rejected/<key>.sendgrid.csv); returns its URL (a path on a local base)."""
+    return reports.write_report(f"{key}.sendgrid.csv", rejected.write_csv().encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -191,16 +184,6 @@ class DestinationOutcome:
     retryable: bool = False  # whether the failure may pass on a retry
 
 
-def contacts_snapshot(contacts: pl.DataFrame) -> datetime | None:
-    """The profiles snapshot the contacts were built from (None: unknown, not checked)."""
-    if SNAPSHOT_METADATA not in contacts.columns:
-        return None
-    values = contacts.get_column(SNAPSHOT_METADATA).drop_nulls().unique()
-    if values.is_empty():
-        return None
-    return min(datetime.fromisoformat(v) for v in values)  # the oldest one decides
-
-
 def run_destination_sync(
     context: dg.AssetExecutionContext,
     destination: Destination,
@@ -217,7 +200,6 @@ def run_destination_sync(
         allow_mass_removal=choices.allow_mass_removal or destination.allow_mass_removal,
         reconcile=choices.reconcile,
         witnessed_generation=witnessed_generation(context, destination.name),
-        profiles_snapshot=contacts_snapshot(contacts),
         reconcile_every=(
             timedelta(days=destination.reconcile_every_days)
             if destination.reconcile_every_days
@@ -240,7 +222,7 @@ def run_destination_sync(
 
 def sync_destination(
     context: dg.AssetExecutionContext,
-    pipeline: PipelineConfig,
+    reports: ReportStore,
     destination: Destination,
     contacts: pl.DataFrame,
     choices: RunChoices,
@@ -279,9 +261,9 @@ def sync_destination(
         outcome.metadata = report_metadata(report, sendgrid.base_url)
         outcome.check = list_size_result(key, report.list_count_after, report.recorded_members)
     if report.rejected.height:
-        path = write_sendgrid_rejections(pipeline, key, report.rejected)
+        path = write_sendgrid_rejections(reports, key, report.rejected)
         if outcome.metadata is not None:
-            outcome.metadata["rejected_by_sendgrid_report"] = dg.MetadataValue.path(str(path))
+            outcome.metadata["rejected_by_sendgrid_report"] = reports.metadata_value(path)
         context.log.warning(
             "%s: SendGrid rejected %d row(s); they are not recorded as synced and are "
             "retried on the next sync. Details: %s",
@@ -348,7 +330,6 @@ def build_sync_asset(
         owners=OWNERS,
         kinds={"sendgrid"},
         partitions_def=partitions,
-        pool=SYNC_POOL,
         backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=dg.RetryPolicy(
             max_retries=2,
@@ -378,6 +359,7 @@ def build_sync_asset(
         sendgrid_contacts: pl.DataFrame,
         sendgrid: SendGridResource,
         sync_state: SyncStateResource,
+        report_store: ReportStore,
     ) -> Iterator[
         dg.AssetMaterialization | dg.AssetObservation | dg.Output | dg.AssetCheckEvaluation
     ]:
@@ -386,7 +368,7 @@ def build_sync_asset(
             outcomes = [
                 sync_destination(
                     context,
-                    pipeline,
+                    report_store,
                     pipeline.destination(key),
                     sendgrid_contacts.filter(pl.col("destination") == key),
                     choices,

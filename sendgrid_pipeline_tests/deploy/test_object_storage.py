@@ -269,21 +269,52 @@ def test_a_failed_local_write_keeps_the_old_object(
 
 
 # -- object-store specifics ------------------------------------------------------------------------
-def test_s3_settings_from_the_environment(
-    s3_bucket: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_settings_from_the_environment(s3_bucket: tuple[str, dict[str, str]]) -> None:
     bucket, options = s3_bucket
-    monkeypatch.setenv("AWS_ENDPOINT_URL", options["aws_endpoint_url"])
-    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", options["aws_access_key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", options["aws_secret_access_key"])
-    monkeypatch.setenv("AWS_REGION", options["aws_region"])
-    from_env = StorageLocation(f"s3://{bucket}/env")
+    environment = {
+        "AWS_ENDPOINT_URL": options["aws_endpoint_url"],
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": options["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": options["aws_secret_access_key"],
+        "AWS_REGION": options["aws_region"],
+        "AWS_PROFILE": "not-an-option",  # a variable the store has no option for: left alone
+        "GOOGLE_SERVICE_ACCOUNT": "/not/for/s3.json",  # another provider's: left alone
+    }
+    from_env = StorageLocation(f"s3://{bucket}/env", environment=environment)
     from_env.write_parquet(typed_frame(), "a/b.parquet")
     from_env.write_bytes("a/c.csv", b"x")
     explicit = StorageLocation(f"s3://{bucket}", storage_options=options)
     assert_frame_equal(explicit.read_parquet("env/a/b.parquet"), typed_frame())
     assert explicit.list("env") == ["env/a/b.parquet", "env/a/c.csv"]
+    assert from_env.read_bytes("a/c.csv") == b"x"
+
+
+def test_explicit_options_override_the_environment(s3_bucket: tuple[str, dict[str, str]]) -> None:
+    bucket, options = s3_bucket
+    wrong = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REGION": "eu-west-3"}
+    location = StorageLocation(f"s3://{bucket}", storage_options=options, environment=wrong)
+    assert location.storage_options["aws_endpoint_url"] == options["aws_endpoint_url"]
+    location.write_bytes("a.csv", b"1")
+    assert location.read_bytes("a.csv") == b"1"
+
+
+def test_environment_secrets_never_show_in_errors(
+    s3_bucket: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket, options = s3_bucket
+    environment = {"AWS_SESSION_TOKEN": "token-from-the-environment-0123"}
+    location = StorageLocation(f"s3://{bucket}", storage_options=options, environment=environment)
+
+    def leaky_get(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("request signed with token-from-the-environment-0123 failed")
+
+    import obstore
+
+    monkeypatch.setattr(obstore, "get", leaky_get)
+    with pytest.raises(ObjectStorageError) as raised:
+        location.read_bytes("r.csv")
+    assert "token-from-the-environment" not in str(raised.value)
+    assert "***" in str(raised.value)
 
 
 def test_s3_missing_bucket_is_a_clear_error(s3_bucket: tuple[str, dict[str, str]]) -> None:
