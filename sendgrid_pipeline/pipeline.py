@@ -31,7 +31,12 @@ from sendgrid_pipeline.profile_source import FileProfileSource, ProfileSource
 from sendgrid_pipeline.schedules import build_refresh_schedule
 from sendgrid_pipeline.sendgrid.resource import SendGridResource, deployed_sendgrid_resource
 from sendgrid_pipeline.sensors import build_export_request_sensor, build_profile_change_sensor
-from sendgrid_pipeline.settings import DEFAULT_REFRESH_CRON, DEFAULT_REFRESH_TIMEZONE, Settings
+from sendgrid_pipeline.settings import (
+    DEFAULT_EXECUTOR,
+    DEFAULT_REFRESH_CRON,
+    DEFAULT_REFRESH_TIMEZONE,
+    Settings,
+)
 from sendgrid_pipeline.state import SyncStateResource
 from sendgrid_pipeline.warehouse import SqlProfileSource
 
@@ -51,6 +56,9 @@ class PipelineResources:
     profile_source: ProfileSource  # files, a SQL warehouse or a Delta table
     # Where the rejected-rows reports go (None: beside the step outputs, ReportStore.beside)
     reports: ReportStore | None = None
+    # How the export job runs its steps (settings.EXECUTORS); not a resource, but deployment
+    # wiring like them. A run's config still configures it (execution: config: ...).
+    executor: str = DEFAULT_EXECUTOR
 
     def as_dict(self) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
         return {
@@ -66,7 +74,11 @@ def default_resources(settings: Settings, config: PipelineConfig) -> PipelineRes
     """The deployed resources: SendGrid with the key as a dg.EnvVar, the directories given."""
     return PipelineResources(
         sendgrid=deployed_sendgrid_resource(settings),
-        sync_state=SyncStateResource(directory=str(settings.state_dir)),
+        sync_state=SyncStateResource(
+            directory=str(settings.state_dir),
+            # resolved when a run starts and never shown: the URL holds a password
+            dsn=dg.EnvVar(settings.state_dsn_env) if settings.state_dsn_env else None,
+        ),
         io_manager=DestinationParquetIOManager(
             base_dir=settings.storage_dir,
             environment=environment_resource(settings.storage_environment),
@@ -80,6 +92,7 @@ def default_resources(settings: Settings, config: PipelineConfig) -> PipelineRes
             environment=environment_resource(settings.storage_environment),
         ),
         profile_source=configured_profile_source(config),
+        executor=settings.executor,
     )
 
 
@@ -102,6 +115,9 @@ def configured_profile_source(config: PipelineConfig) -> ProfileSource:
             table_uri=spec.delta_location(config.data_dir), version=spec.version
         )
     return FileProfileSource(directory=str(config.profiles_dir))
+
+
+EXECUTOR_DEFS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
 
 
 def load_validated_config(
@@ -219,6 +235,7 @@ def build_definitions(
     """The assets, checks, export job, refresh schedule and sensors of `config`, wired to
     `resources`; the schedule runs on `refresh_cron` in `refresh_timezone`."""
     partitions = dg.StaticPartitionsDefinition(config.destination_names)
+    executor = EXECUTOR_DEFS[resources.executor]
     keys = config.destination_names
     _create_requests_folder(config)
     note = skipped_note(config)
@@ -238,7 +255,7 @@ def build_definitions(
         EXPORT_JOB,
         selection=dg.AssetSelection.groups(GROUP),
         partitions_def=partitions,
-        executor_def=dg.in_process_executor,
+        executor_def=executor,
         description=(f"{note}\n\n" if note else "")
         + "Exports the selected destinations (partitions) end to end: profiles, "
         "segments, contacts, and the list sync.",
@@ -256,5 +273,5 @@ def build_definitions(
             build_export_request_sensor(export_job, config),
         ],
         resources=resources.as_dict(),
-        executor=dg.in_process_executor,
+        executor=executor,
     )

@@ -23,6 +23,10 @@ from sendgrid_pipeline.sendgrid.client import DEFAULT_BASE_URL
 
 DATA_DIR_ENV = "SENDGRID_PIPELINE_DATA_DIR"
 STATE_DIR_ENV = "SENDGRID_PIPELINE_STATE_DIR"
+# The PostgreSQL URL of the shared sync state; its value (with a password) is never read here:
+# the deployed resource holds dg.EnvVar(STATE_DSN_ENV) when the variable is set.
+STATE_DSN_ENV = "SENDGRID_PIPELINE_STATE_DSN"
+EXECUTOR_ENV = "SENDGRID_PIPELINE_EXECUTOR"
 STORAGE_DIR_ENV = "SENDGRID_PIPELINE_STORAGE_DIR"
 BASE_URL_ENV = "SENDGRID_BASE_URL"
 POLL_INTERVAL_ENV = "SENDGRID_POLL_INTERVAL_SECONDS"
@@ -34,6 +38,8 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_POLL_INTERVAL_SECONDS = 1.0
 DEFAULT_REFRESH_CRON = "0 6 * * *"
 DEFAULT_REFRESH_TIMEZONE = "UTC"
+EXECUTORS = ("in_process", "multiprocess")  # how the export job runs its steps
+DEFAULT_EXECUTOR = "in_process"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ class Settings:
     refresh_cron: str = DEFAULT_REFRESH_CRON
     refresh_timezone: str = DEFAULT_REFRESH_TIMEZONE
     api_key_env: str = API_KEY_ENV
+    # The variable holding the state's PostgreSQL URL when it is set (None: SQLite in state_dir)
+    state_dsn_env: str | None = None
+    executor: str = DEFAULT_EXECUTOR  # in_process | multiprocess
     storage_environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +74,11 @@ class Settings:
         storage = str(self.storage_dir) if self.storage_dir else str(data_dir / "storage")
         object.__setattr__(self, "storage_dir", storage)
         object.__setattr__(self, "storage_environment", dict(self.storage_environment))
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"Environment variable {EXECUTOR_ENV}={self.executor!r}: expected one of "
+                f"{', '.join(EXECUTORS)}"
+            )
 
     @property
     def storage_is_default(self) -> bool:
@@ -95,6 +109,8 @@ class Settings:
             poll_interval_seconds=poll_interval,
             refresh_cron=get(REFRESH_CRON_ENV) or DEFAULT_REFRESH_CRON,
             refresh_timezone=get(REFRESH_TIMEZONE_ENV) or DEFAULT_REFRESH_TIMEZONE,
+            state_dsn_env=STATE_DSN_ENV if get(STATE_DSN_ENV) else None,
+            executor=(get(EXECUTOR_ENV) or DEFAULT_EXECUTOR).strip().lower(),
             storage_environment={
                 name: value
                 for name, value in env.items()

@@ -17,6 +17,7 @@ from sendgrid_pipeline.assets.common import (
     partition_check_results,
     table_metadata,
 )
+from sendgrid_pipeline.assets.profiles import SNAPSHOT_METADATA
 from sendgrid_pipeline.checks import (
     CAP_CHECK,
     EMAIL_CHECK,
@@ -82,6 +83,27 @@ def store_rejected_report(
     report = rejected_report(rejected)
     url = reports.write_report(f"{key}.csv", report.to_csv(index=False).encode("utf-8"))
     return report, url
+
+
+def profiles_snapshot(context: dg.AssetExecutionContext) -> str | None:
+    """When the profiles this run's contacts come from were read (see unified_profiles).
+
+    The materialization of this run when it computed the profiles, else the latest one (the
+    profiles the input manager loads); None for profiles materialized before snapshots.
+    """
+    key = dg.AssetKey("unified_profiles")
+    event = None
+    for record in context.instance.all_logs(
+        context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ):
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.asset_key == key:
+            event = materialization
+    if event is None:
+        latest = context.instance.get_latest_materialization_event(key)
+        event = latest.asset_materialization if latest is not None else None
+    value = event.metadata.get(SNAPSHOT_METADATA) if event is not None else None
+    return str(value.value) if value is not None else None
 
 
 def build_contacts_asset(
@@ -157,6 +179,9 @@ def build_contacts_asset(
                 "rejected_report_schema": create_table_schema_metadata_from_dataframe(report),
             }
         accepted = pl.concat(accepted_frames, how="diagonal_relaxed")
+        accepted = accepted.with_columns(
+            pl.lit(profiles_snapshot(context), dtype=pl.String).alias(SNAPSHOT_METADATA)
+        )
         # Every figure goes on its own destination's partition: the Output itself carries none,
         # since its metadata would be shown on every partition of the run.
         add_partition_metadata(context, per_destination)

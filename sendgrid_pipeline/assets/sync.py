@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +21,7 @@ from sendgrid_pipeline.assets.common import (
     table_metadata,
     tag_is_true,
 )
+from sendgrid_pipeline.assets.profiles import SNAPSHOT_METADATA
 from sendgrid_pipeline.assets.sync_checks import LIST_SIZE_CHECK, list_size_result
 from sendgrid_pipeline.config import Destination, PipelineConfig
 from sendgrid_pipeline.errors import PipelineError
@@ -38,6 +39,9 @@ from sendgrid_pipeline.sync.custom_fields import resolve_custom_field_ids
 
 SENDGRID_LIST_URL = "https://mc.sendgrid.com/contacts/lists/{list_id}"
 SENDGRID_API_HOSTS = ("api.sendgrid.com", "api.eu.sendgrid.com")
+# At most one sync step at a time across the deployment (the pool's limit, 1, is set on the
+# instance); the per-list lock in the sync state still guards every other way in.
+SYNC_POOL = "sendgrid_list_sync"
 
 
 class SyncConfig(dg.Config):
@@ -184,6 +188,16 @@ class DestinationOutcome:
     retryable: bool = False  # whether the failure may pass on a retry
 
 
+def contacts_snapshot(contacts: pl.DataFrame) -> datetime | None:
+    """The profiles snapshot the contacts were built from (None: unknown, not checked)."""
+    if SNAPSHOT_METADATA not in contacts.columns:
+        return None
+    values = contacts.get_column(SNAPSHOT_METADATA).drop_nulls().unique()
+    if values.is_empty():
+        return None
+    return min(datetime.fromisoformat(v) for v in values)  # the oldest one decides
+
+
 def run_destination_sync(
     context: dg.AssetExecutionContext,
     destination: Destination,
@@ -200,6 +214,7 @@ def run_destination_sync(
         allow_mass_removal=choices.allow_mass_removal or destination.allow_mass_removal,
         reconcile=choices.reconcile,
         witnessed_generation=witnessed_generation(context, destination.name),
+        profiles_snapshot=contacts_snapshot(contacts),
         reconcile_every=(
             timedelta(days=destination.reconcile_every_days)
             if destination.reconcile_every_days
@@ -330,6 +345,7 @@ def build_sync_asset(
         owners=OWNERS,
         kinds={"sendgrid"},
         partitions_def=partitions,
+        pool=SYNC_POOL,
         backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=dg.RetryPolicy(
             max_retries=2,
