@@ -86,3 +86,35 @@ def test_many_openers_of_a_new_state_at_once_all_succeed(tmp_path) -> None:
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             assert list(pool.map(open_new, range(8))) == [0] * 8
+
+
+def test_two_sync_processes_of_one_list_send_each_contact_once(sandbox, state_at, tmp_path) -> None:
+    """Two processes (as two pods would) started together: one waits for the other."""
+    open_store(state_at)  # the schema exists before both start
+    target = people(*NAMES)
+    desired = tmp_path / "desired.parquet"
+    target.write_parquet(desired)
+    command = [
+        sys.executable,
+        "-m",
+        "sendgrid_pipeline_tests.sync.crash_worker",
+        sandbox.base_url,
+        str(state_at),
+        str(desired),
+        "0",  # never killed
+    ]
+    workers = [
+        subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        _, errors = worker.communicate(sandbox.api_key + "\n", timeout=180)
+        assert worker.returncode == 0, errors[-3000:]
+    assert on_list(sandbox) == emails(target)
+    assert sent_contacts(sandbox) == len(NAMES)  # the second one planned from the first's work
