@@ -6,12 +6,18 @@ and directories inside their private data copy, to the resources themselves.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from sendgrid_pipeline.io_manager import DestinationParquetIOManager
+from sendgrid_pipeline.io_manager import (
+    DestinationParquetIOManager,
+    ReportStore,
+    environment_resource,
+)
 from sendgrid_pipeline.pipeline import (
     EXPORT_JOB,
     PipelineResources,
@@ -46,6 +52,33 @@ def resources_for(
         sync_state=SyncStateResource(directory=str(data_dir / "state")),
         io_manager=DestinationParquetIOManager(base_dir=str(data_dir / "storage")),
         profile_source=FileProfileSource(directory=str(data_dir / "profiles")),
+    )
+
+
+def resources_on_storage(
+    data_dir: Path,
+    sandbox: SandboxServer | None,
+    base: str,
+    *,
+    storage_options: Mapping[str, str] | None = None,
+    environment: Mapping[str, str] | None = None,
+) -> PipelineResources:
+    """`resources_for(...)` with the step outputs and reports on another storage base (a
+    directory, a file:// URL or an object store), as a deployment wires them."""
+    wired = resources_for(data_dir, sandbox)
+    options = dict(storage_options or {})
+    return dataclasses.replace(
+        wired,
+        io_manager=DestinationParquetIOManager(
+            base_dir=base,
+            storage_options=options,
+            environment=environment_resource(environment or {}),
+        ),
+        reports=ReportStore(
+            base_dir=base,
+            storage_options=options,
+            environment=environment_resource(environment or {}),
+        ),
     )
 
 
