@@ -136,7 +136,7 @@ def test_churn_removes_exactly_the_leavers_and_waits_on_slower_jobs(
     assert churn["requests_by_kind"]["remove"] >= 1  # profile changed are sent again
     assert churn["requests_by_kind"]["search_emails"] >= 1
     assert churn["latency_model"]["job_base_seconds"] == 0.5
-    assert churn["waiting_on_sendgrid_seconds"] >= 0.5  # at least one job's time
+    assert churn["waiting_on_sendgrid_seconds"] > 0  # the client's own work overlaps the jobs
     assert churn["floor"]["sendgrid_minimum_wait_seconds"] >= 0.5
 
 
