@@ -119,5 +119,12 @@ class Settings:
         )
 
 
+def variable(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of the environment variable `name` (unset or empty: None), for a command
+    told which variable holds a secret (state_migrate --to-env), so none is typed."""
+    env = os.environ if environ is None else environ
+    return env.get(name) or None
+
+
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None

@@ -18,7 +18,6 @@ that already holds state is refused unless --replace, which deletes it first.
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import psycopg2
 
+from sendgrid_pipeline.settings import variable
 from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.state_postgres import PostgresSyncStateStore, masked_dsn
 
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--replace", action="store_true", help="delete the state the target already holds"
     )
     args = parser.parse_args(argv)
-    dsn = os.environ.get(args.to_env)
+    dsn = variable(args.to_env)
     if not dsn:
         print(f"state_migrate: environment variable {args.to_env} is not set", file=sys.stderr)
         return 2
