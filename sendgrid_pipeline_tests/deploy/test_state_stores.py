@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -186,3 +187,15 @@ def test_messages_never_show_the_password() -> None:
     with pytest.raises(StateStoreError) as raised:
         PostgresSyncStateStore(dsn, connect_timeout_seconds=2)
     assert "s3cret" not in str(raised.value) and raised.value.retryable
+
+
+def test_the_snapshot_of_the_last_applied_plan_only_moves_forward(store) -> None:
+    state = store.for_list(DEST, LIST)
+    assert state.applied_snapshot() is None
+    first = datetime(2026, 11, 29, 8, 0, 0, 123456, tzinfo=UTC)
+    state.record_snapshot(first, "run-1")
+    state.record_snapshot(first - timedelta(microseconds=1), "run-late")
+    assert state.applied_snapshot() == (first, "run-1")
+    state.record_snapshot(first + timedelta(microseconds=1), "run-2")
+    assert state.applied_snapshot() == (first + timedelta(microseconds=1), "run-2")
+    assert store.for_list(DEST, "other-list").applied_snapshot() is None

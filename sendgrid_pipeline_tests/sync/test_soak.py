@@ -16,12 +16,12 @@ import pytest
 
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError
-from sendgrid_pipeline.state import SyncStateStore
 from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
 from sendgrid_pipeline_tests.devkit.sandbox import FaultPlan, SandboxServer
-from sendgrid_pipeline_tests.sync.support import DESTINATION, LIST_ID, emails, people
+from sendgrid_pipeline_tests.sync.support import DESTINATION, LIST_ID, emails, open_store, people
 
 SEEDS = list(range(1, 21))
+POSTGRES_SEEDS = [1, 2]  # the same soak on the PostgreSQL store
 MAX_ATTEMPTS = 12
 log = logging.getLogger("soak")
 
@@ -39,7 +39,7 @@ def _rounds(rng: random.Random) -> list[list[str]]:
     return rounds
 
 
-def soak_one_seed(seed: int) -> dict[str, int]:
+def soak_one_seed(seed: int, dsn: str | None = None) -> dict[str, int]:
     rng = random.Random(seed)
     plan = FaultPlan(
         seed=seed,
@@ -56,7 +56,7 @@ def soak_one_seed(seed: int) -> dict[str, int]:
         tempfile.TemporaryDirectory() as tmp,
         SandboxServer(lists={LIST_ID: "Soak"}, job_delay_seconds=0.005, faults=plan) as sandbox,
     ):
-        store = SyncStateStore(Path(tmp) / "state.sqlite")
+        store = open_store(dsn or Path(tmp) / "state.sqlite")
         for round_number, names in enumerate(_rounds(rng)):
             renamed = {n: f"R{round_number}" for n in rng.sample(names, 5)}
             desired = people(*names, renamed=renamed)
@@ -99,3 +99,11 @@ def test_fault_soak_ends_exact(seed: int) -> None:
     assert outcome["faults"] > 0
     assert outcome["lost"] == 0, outcome
     assert outcome["extra"] == 0, outcome
+
+
+@pytest.mark.parametrize("seed", POSTGRES_SEEDS)
+def test_fault_soak_on_the_postgres_state_ends_exact(seed: int, postgres_dsn: str) -> None:
+    outcome = soak_one_seed(seed, postgres_dsn)
+    print(f"soak (PostgreSQL) {outcome}")
+    assert outcome["faults"] > 0
+    assert (outcome["lost"], outcome["extra"]) == (0, 0), outcome
