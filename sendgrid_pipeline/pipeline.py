@@ -27,6 +27,7 @@ from sendgrid_pipeline.io_manager import (
     ReportStore,
     environment_resource,
 )
+from sendgrid_pipeline.object_storage import StorageLocation
 from sendgrid_pipeline.profile_source import FileProfileSource, ProfileSource
 from sendgrid_pipeline.schedules import build_refresh_schedule
 from sendgrid_pipeline.sendgrid.resource import SendGridResource, deployed_sendgrid_resource
@@ -56,6 +57,8 @@ class PipelineResources:
     profile_source: ProfileSource  # files, a SQL warehouse or a Delta table
     # Where the rejected-rows reports go (None: beside the step outputs, ReportStore.beside)
     reports: ReportStore | None = None
+    # Where the request sensor reads request files on an object store (None: <data dir>/requests)
+    requests: StorageLocation | None = None
     # How the export job runs its steps (settings.EXECUTORS); not a resource, but deployment
     # wiring like them. A run's config still configures it (execution: config: ...).
     executor: str = DEFAULT_EXECUTOR
@@ -93,6 +96,7 @@ def default_resources(settings: Settings, config: PipelineConfig) -> PipelineRes
         ),
         profile_source=configured_profile_source(config),
         executor=settings.executor,
+        requests=_stored_requests(settings),
     )
 
 
@@ -115,6 +119,12 @@ def configured_profile_source(config: PipelineConfig) -> ProfileSource:
             table_uri=spec.delta_location(config.data_dir), version=spec.version
         )
     return FileProfileSource(directory=str(config.profiles_dir))
+
+
+def _stored_requests(settings: Settings) -> StorageLocation | None:
+    """<storage base>/requests when the storage base is an object store."""
+    base = StorageLocation(settings.storage_dir, environment=settings.storage_environment)
+    return None if base.is_local else base.child("requests")
 
 
 EXECUTOR_DEFS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
@@ -270,7 +280,7 @@ def build_definitions(
         schedules=[schedule],
         sensors=[
             build_profile_change_sensor(export_job, keys),
-            build_export_request_sensor(export_job, config),
+            build_export_request_sensor(export_job, config, resources.requests),
         ],
         resources=resources.as_dict(),
         executor=executor,

@@ -18,6 +18,11 @@ import dagster as dg
 
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
+from sendgrid_pipeline.object_storage import (
+    ObjectNotFoundError,
+    ObjectStorageError,
+    StorageLocation,
+)
 from sendgrid_pipeline.profile_source import ProfileSource
 from sendgrid_pipeline.schedules import RANGE_END_TAG, RANGE_START_TAG, AssetJob, refresh_all_tags
 
@@ -381,18 +386,109 @@ def _request_names(folder: Path) -> list[str]:
     return [n for n in names if not n.startswith(".")][:MAX_FILES_PER_TICK]
 
 
+class _LocalRequests:
+    """Request files in a local folder: links never followed, reads bounded, moves atomic."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.where = str(folder)
+
+    def names(self) -> list[str]:
+        return _request_names(self.folder)
+
+    def read(self, name: str, config: PipelineConfig) -> ExportRequest:
+        return read_request(self.folder, name, config)
+
+    def move_aside(self, name: str, subfolder: str, note: dict) -> str:
+        return move_aside(self.folder, name, subfolder, note).name
+
+
+class _StoredRequests:
+    """Request objects under `<storage base>/requests` on an object store.
+
+    The same checks as a local folder where they apply (name, size, JSON); an object has no
+    links. A drop's identity is its name, version (ETag), modification time and content; moving
+    aside is a copy then a delete, with the .result.json note written first.
+    """
+
+    def __init__(self, location: StorageLocation) -> None:
+        self.location = location
+        self.where = location.url
+
+    def names(self) -> list[str]:
+        try:
+            listed = self.location.list()
+        except ObjectStorageError as error:
+            raise OSError(str(error)) from None
+        names = sorted(p for p in listed if "/" not in p and p.endswith(".json"))
+        return names[:MAX_FILES_PER_TICK]
+
+    def read(self, name: str, config: PipelineConfig) -> ExportRequest:
+        if not REQUEST_NAME.fullmatch(name):
+            raise RequestRejected(
+                f"{_shown(name)}: a request file name uses only letters, digits, '.', '_' and "
+                "'-', starts with a letter or digit, ends in .json, and has at most 100 "
+                "characters"
+            )
+        try:
+            before = self.location.info(name)
+            if before.size > MAX_REQUEST_BYTES:
+                raise RequestRejected(
+                    f"{name}: {before.size} bytes, over the limit of {MAX_REQUEST_BYTES} bytes"
+                )
+            raw = self.location.read_bytes(name, max_bytes=MAX_REQUEST_BYTES)
+            after = self.location.info(name)
+        except ObjectNotFoundError:
+            raise _NotSettled(f"{name}: gone before it was read") from None
+        except ObjectStorageError as error:
+            if f"larger than {MAX_REQUEST_BYTES} bytes" in str(error):
+                raise RequestRejected(
+                    f"{name}: over the limit of {MAX_REQUEST_BYTES} bytes"
+                ) from None
+            raise
+        if after.version != before.version:
+            raise _NotSettled(f"{name}: replaced while being read")
+        try:
+            destinations, requested_by = _validate(name, _parse_body(name, raw), config)
+        except RequestRejected:
+            raise
+        except Exception as error:  # anything else a hostile body provokes is still the file's
+            kind = type(error).__name__
+            raise RequestRejected(f"{name}: cannot be read as a request ({kind})") from None
+        identity = hashlib.sha256()
+        # the ETag alone is the content's hash on S3: the time tells a re-drop of the same file
+        for part in (name, after.version, after.last_modified.isoformat()):
+            identity.update(part.encode() + b"\0")
+        identity.update(raw)
+        return ExportRequest(name, identity.hexdigest()[:16], destinations, requested_by)
+
+    def move_aside(self, name: str, subfolder: str, note: dict) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        base = f"{_safe_stem(name)}.{stamp}-{uuid.uuid4().hex[:12]}"
+        self.location.write_bytes(
+            f"{subfolder}/{base}.result.json", json.dumps(note, indent=2).encode("utf-8")
+        )
+        self.location.rename(name, f"{subfolder}/{base}.json")
+        return f"{base}.json"
+
+
 def _handle_request_file(
-    context: dg.SensorEvaluationContext, folder: Path, name: str, config: PipelineConfig
+    context: dg.SensorEvaluationContext,
+    requests: "_LocalRequests | _StoredRequests",
+    name: str,
+    config: PipelineConfig,
 ) -> list[dg.RunRequest]:
     try:
-        request = read_request(folder, name, config)
+        request = requests.read(name, config)
     except _NotSettled as reason:
         context.log.info(f"{reason}; looking again next tick")
         return []
     except RequestRejected as error:
         context.log.warning(str(error))
-        moved = move_aside(folder, name, REJECTED_DIR, {"error": str(error)})
-        context.log.info(f"{_shown(name)} moved to {REJECTED_DIR}/{moved.name}")
+        if not REQUEST_NAME.fullmatch(name) and isinstance(requests, _StoredRequests):
+            return []  # an object named so cannot be moved by name: it stays, logged each tick
+        moved = requests.move_aside(name, REJECTED_DIR, {"error": str(error)})
+        context.log.info(f"{_shown(name)} moved to {REJECTED_DIR}/{moved}")
         return []
     parts = request_parts(request.destinations, config.destination_names)
     runs = context.instance.get_runs(
@@ -407,12 +503,23 @@ def _handle_request_file(
         "destinations": request.destinations,
         "run_ids": sorted(run.run_id for run in runs),
     }
-    moved = move_aside(folder, name, ARCHIVE_DIR, note)
-    context.log.info(f"{name}: runs {', '.join(note['run_ids'])}; archived as {moved.name}")
+    moved = requests.move_aside(name, ARCHIVE_DIR, note)
+    context.log.info(f"{name}: runs {', '.join(note['run_ids'])}; archived as {moved}")
     return []
 
 
-def build_export_request_sensor(job: AssetJob, config: PipelineConfig) -> dg.SensorDefinition:
+def build_export_request_sensor(
+    job: AssetJob, config: PipelineConfig, requests: StorageLocation | None = None
+) -> dg.SensorDefinition:
+    """The request sensor over `<data dir>/requests/`, or over `requests` (the storage base's
+    requests/ prefix) when that is on an object store (a local base keeps the data directory's
+    folder, read with the local safeguards)."""
+    source: _LocalRequests | _StoredRequests
+    if requests is None or requests.is_local:
+        source = _LocalRequests(config.requests_dir)
+    else:
+        source = _StoredRequests(requests)
+
     @dg.sensor(
         name="export_request_sensor",
         job=job,
@@ -420,21 +527,22 @@ def build_export_request_sensor(job: AssetJob, config: PipelineConfig) -> dg.Sen
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="On-demand export from outside the UI: drop a JSON file such as "
         '{"destinations": ["newsletter_eu"], "requested_by": "jane"} (or "all") into the data '
-        "directory's requests/ folder. Each drop becomes runs exactly once (run keys): one run "
+        "directory's requests/ folder (or the storage base's requests/ prefix on an object "
+        "store). Each drop becomes runs exactly once (run keys): one run "
         "per contiguous range of the requested destinations; the next tick archives it under "
         "requests/archive/ with the run ids. A bad file (not a regular file, over 64 KiB, not "
         "the expected JSON) moves to requests/rejected/ with the reason.",
     )
     def export_request_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        folder = config.requests_dir
         try:
-            names = _request_names(folder)
+            names = source.names()
         except OSError as error:
-            return dg.SensorResult(skip_reason=f"cannot list {folder}: {error.strerror}")
+            reason = error.strerror or str(error)
+            return dg.SensorResult(skip_reason=f"cannot list {source.where}: {reason}")
         run_requests: list[dg.RunRequest] = []
         for name in names:
             try:
-                run_requests.extend(_handle_request_file(context, folder, name, config))
+                run_requests.extend(_handle_request_file(context, source, name, config))
             except Exception as error:  # one file never stops the others; it is retried
                 context.log.error(
                     f"{_shown(name)}: left in place, retried next tick: "
