@@ -424,6 +424,21 @@ class Destination(_Strict):
         description="Create mapped custom fields that SendGrid does not have yet (else: error).",
     )
     profile_cap: int = Field(default=DEFAULT_PROFILE_CAP, gt=0)
+    max_contacts: int | None = Field(
+        default=None,
+        gt=0,
+        description="The SendGrid account's contact limit (its plan's contacts). Before any "
+        "upsert the sync reads the account's contact count and refuses a sync whose new "
+        "contacts would exceed it. Destinations of one account (same api_key_env) must agree. "
+        "null: not checked (the counts are still reported).",
+    )
+    contact_limit_margin: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of max_contacts kept free: with 0.05 a sync is refused once the "
+        "account would pass 95% of max_contacts. Destinations of one account must agree.",
+    )
     max_removal_share: float = Field(
         default=0.2,
         ge=0,
@@ -1480,6 +1495,40 @@ def _check_shared_contact_fields(
                 )
 
 
+_ACCOUNT_LIMIT_KEYS = ("max_contacts", "contact_limit_margin")
+
+
+def _check_shared_account_limit(
+    path: Path,
+    destinations: list[Destination],
+    locate: Callable[[str, str], str] | None = None,
+) -> None:
+    """Destinations of one SendGrid account (same api_key_env) must state one contact limit.
+
+    The limit is the account's, not a list's: a destination that left it out (or set another
+    figure) would sync unchecked or against a different bound into the same account.
+    """
+    where = locate or (lambda _name, _key: str(path))
+    accounts: dict[str, list[Destination]] = {}
+    for destination in destinations:
+        accounts.setdefault(destination.api_key_env, []).append(destination)
+    for env, group in accounts.items():
+        first = group[0]
+        for destination in group[1:]:
+            for key in _ACCOUNT_LIMIT_KEYS:
+                mine, theirs = getattr(destination, key), getattr(first, key)
+                if mine == theirs:
+                    continue
+                raise ConfigError(
+                    f"{where(destination.name, key)}: destinations of one SendGrid account "
+                    f"(api_key_env {env}) state its contact limit differently: {first.name!r} "
+                    f"has {key}: {'null' if theirs is None else theirs}, {destination.name!r} "
+                    f"has {key}: {'null' if mine is None else mine}. The limit is the "
+                    "account's: set max_contacts and contact_limit_margin identically in "
+                    "every destination with this api_key_env"
+                )
+
+
 def load_config(
     directory: Path | str | None = None, *, skip_invalid_destinations: bool = False
 ) -> PipelineConfig:
@@ -1543,6 +1592,14 @@ def load_config(
     )
     try:
         _check_shared_contact_fields(
+            destinations_file.path,
+            list(config.destinations),
+            lambda name, key: config.where("destinations.yaml", name, *key.split(".")),
+        )
+    except ConfigError as error:
+        problems.append(ConfigProblem(str(error)))
+    try:
+        _check_shared_account_limit(
             destinations_file.path,
             list(config.destinations),
             lambda name, key: config.where("destinations.yaml", name, *key.split(".")),

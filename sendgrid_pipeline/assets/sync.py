@@ -116,6 +116,24 @@ def list_location(base_url: str, list_id: str) -> dict:
     return {"sendgrid_api": f"{base_url.rstrip('/')} (not SendGrid: no list page to link)"}
 
 
+def account_metadata(report: SyncReport) -> dict:
+    """The account's counts as numbers, so Dagster plots them across runs, and the limit check
+    (a dry run shows a would-be refusal here)."""
+    account = report.account
+    if account is None:
+        return {}
+    figures = {
+        "account_contact_count": account.contact_count,
+        "account_billable_count": account.billable_count,
+        "account_new_contacts_max": account.new_contacts,
+        "account_contact_limit": account.limit,
+    }
+    return {
+        **{name: value for name, value in figures.items() if value is not None},
+        "account_limit_check": account.summary(),
+    }
+
+
 def report_metadata(report: SyncReport, base_url: str) -> dict:
     """The figures a data engineer reads first come first (the UI keeps this order)."""
     planned = report.plan.counts()
@@ -137,6 +155,7 @@ def report_metadata(report: SyncReport, base_url: str) -> dict:
         "unmanaged_kept": report.plan.unmanaged_kept,
         "jobs": len(report.job_ids),
         "list_contact_count_before": report.list_count_before,
+        **account_metadata(report),
         "duration_seconds": round(report.seconds, 3),
         # the state's change count, so the next sync can tell a state restored from an older
         # backup (its count is lower than this) and reconcile
@@ -367,7 +386,8 @@ def build_sync_asset(
         description="Plans and applies the change that makes the destination's SendGrid list "
         "hold exactly its contacts: upserts new and changed contacts, removes contacts we "
         "added that left its segments, polls every job to a terminal state and records only "
-        "confirmed work. Refuses without consent, over the cap, or past the removal brake.",
+        "confirmed work. Refuses without consent, over the cap, past the removal brake, or "
+        "past the account's contact limit (max_contacts).",
     )
     def sendgrid_list_sync(
         context: dg.AssetExecutionContext,

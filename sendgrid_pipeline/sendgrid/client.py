@@ -26,6 +26,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from urllib3.util import parse_url
 
+from sendgrid_pipeline.errors import PipelineError
 from sendgrid_pipeline.sendgrid.errors import (
     Action,
     ApiErrorDetail,
@@ -68,6 +69,47 @@ class ImportJob:
 
     def count(self, name: str) -> int:
         return int(self.results.get(name) or 0)
+
+
+@dataclass(frozen=True)
+class ContactCount:
+    """The account's contacts as GET /v3/marketing/contacts/count reports them.
+
+    See https://www.twilio.com/docs/sendgrid/api-reference/contacts/get-total-contact-count:
+    contact_count (required) is every contact stored in the account, billable_count the
+    contacts counted for billing this month, and billable_breakdown appears only for a parent
+    account with subusers (`total` of the subusers' billable contacts, and each subuser's id
+    -> its usage this month).
+    """
+
+    contact_count: int
+    billable_count: int = 0
+    billable_total: int | None = None  # billable_breakdown.total, parent accounts only
+    billable_breakdown: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> ContactCount:
+        """Parse the answer; a missing or non-integer contact_count is a ValueError."""
+        if not isinstance(payload, dict):
+            raise ValueError("the contact count answer is not a JSON object")
+        count = payload.get("contact_count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"contact_count is {count!r}, not a count")
+        billable = payload.get("billable_count")
+        breakdown = payload.get("billable_breakdown")
+        total: int | None = None
+        per_subuser: dict[str, int] = {}
+        if isinstance(breakdown, dict):
+            total = breakdown.get("total") if isinstance(breakdown.get("total"), int) else None
+            for subuser, usage in (breakdown.get("breakdown") or {}).items():
+                if isinstance(usage, int) and not isinstance(usage, bool):
+                    per_subuser[str(subuser)] = usage
+        return cls(
+            contact_count=count,
+            billable_count=billable if isinstance(billable, int) and billable >= 0 else 0,
+            billable_total=total,
+            billable_breakdown=per_subuser,
+        )
 
 
 @dataclass
@@ -483,6 +525,16 @@ class SendGridClient:
     # -- endpoints -------------------------------------------------------------------------
     def get_list(self, list_id: str) -> dict[str, Any]:
         return self.make_request("GET", f"/v3/marketing/lists/{list_id}").json()
+
+    def contact_count(self) -> ContactCount:
+        """The account's contact and billable counts (read only; see ContactCount)."""
+        payload = self.make_request("GET", "/v3/marketing/contacts/count").json()
+        try:
+            return ContactCount.from_payload(payload)
+        except ValueError as problem:
+            raise PipelineError(
+                f"GET /v3/marketing/contacts/count gave an answer that is not a count: {problem}"
+            ) from None
 
     def upsert_contacts(self, body: bytes, contact_count: int) -> str:
         """PUT a prebuilt upsert body (see batching); returns the job id."""

@@ -26,6 +26,7 @@ from sendgrid_pipeline.config import Destination
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.sendgrid.errors import SendGridNotFoundError
 from sendgrid_pipeline.state import SyncStateStore
+from sendgrid_pipeline.sync.account_limit import check_account_limit
 from sendgrid_pipeline.sync.brake import check_brake
 from sendgrid_pipeline.sync.options import SyncOptions, SyncRefused
 from sendgrid_pipeline.sync.plan import build_plan, carry_identifiers
@@ -126,6 +127,10 @@ class DestinationSync:
         )
         first_record = bool(reason) and not known_before
         check_brake(plan, self.options, self.name, self.list_id, first_record)
+        # The account's contact limit, before anything is sent (a dry run only reports it).
+        report.account = check_account_limit(
+            self.client, self.destination, plan, self.options.dry_run, self.log
+        )
         adopt = (
             recorded.filter(~pl.col("managed"))
             .join(desired, on="email", how="semi")

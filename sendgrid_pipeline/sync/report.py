@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from sendgrid_pipeline.privacy import mask_email_expr
+from sendgrid_pipeline.sync.account_limit import AccountCheck
 from sendgrid_pipeline.sync.plan import SyncPlan
 
 REJECTED_SCHEMA = {"email": pl.String, "reason": pl.String, "detail": pl.String}
@@ -37,6 +38,7 @@ class SyncReport:
     recorded_members: int = 0  # what the state records on the list after this sync
     sample: pl.DataFrame = field(default_factory=pl.DataFrame)  # masked, with customer ids
     seconds: float = 0.0
+    account: AccountCheck | None = None  # the account's counts and its contact limit check
 
 
 def no_rejections() -> pl.DataFrame:

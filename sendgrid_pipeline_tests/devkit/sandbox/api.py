@@ -105,6 +105,11 @@ def get_import(store: Store, request: Request, job_id: str) -> Response:
     return json_response(200, view)
 
 
+def get_contact_count(store: Store, request: Request) -> Response:
+    """The account's totals; no billable_breakdown (the sandbox has no subusers)."""
+    return json_response(200, store.account_counts())
+
+
 def search_emails(store: Store, request: Request) -> Response:
     emails = request.json_object().get("emails")
     if not isinstance(emails, list) or not emails:
@@ -281,6 +286,7 @@ ROUTES: tuple[tuple[str, re.Pattern[str], Handler], ...] = tuple(
     (method, re.compile(pattern), handler)
     for method, pattern, handler in (
         ("PUT", "/v3/marketing/contacts", upsert_contacts),
+        ("GET", "/v3/marketing/contacts/count", get_contact_count),
         ("GET", f"/v3/marketing/contacts/imports/{_ID}", get_import),
         ("POST", "/v3/marketing/contacts/search/emails", search_emails),
         ("POST", "/v3/marketing/contacts/search", search_contacts),

@@ -533,6 +533,18 @@ class Store:
                 if contacts[key].get("email")
             }
 
+    # -- the account ---------------------------------------------------------------------------
+    # What GET /v3/marketing/contacts/count reports as billable_count; None: the contact count
+    # itself. Set it to model a month whose billable figure differs from the stored contacts.
+    billable_count: int | None = None
+
+    def account_counts(self) -> dict[str, int]:
+        """contact_count (every contact in the account, on a list or not) and billable_count."""
+        with self._locked():
+            count = len(self._contacts)
+            billable = count if self.billable_count is None else self.billable_count
+            return {"contact_count": count, "billable_count": billable}
+
     # -- custom fields -------------------------------------------------------------------------
     def field_types(self) -> dict[str, str]:
         """Custom field id -> type. Jobs never change fields, so none is applied first."""
