@@ -22,19 +22,6 @@ ALLOW_MASS_REMOVAL_TAG = "sendgrid/allow_mass_removal"
 RECONCILE_TAG = "sendgrid/reconcile"
 
 
-def markdown_table(frame: pl.DataFrame) -> dg.MetadataValue:
-    """A small frame as a markdown table, for a matrix whose columns vary from run to run."""
-    if frame.height == 0:
-        return dg.MetadataValue.md("_(none)_")
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "---|" * frame.width
-    rows = [
-        "| " + " | ".join("" if v is None else str(v) for v in row) + " |"
-        for row in frame.iter_rows()
-    ]
-    return dg.MetadataValue.md("\n".join([header, rule, *rows]))
-
-
 def _column_type(dtype: pl.DataType) -> str:
     if dtype == pl.Boolean:
         return "bool"

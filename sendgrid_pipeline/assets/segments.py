@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from sendgrid_pipeline.assets.common import GROUP, OWNERS, markdown_table, table_metadata
+from sendgrid_pipeline.assets.common import GROUP, OWNERS, table_metadata
 from sendgrid_pipeline.checks import SegmentMembershipType
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
@@ -136,7 +136,7 @@ def build_segments_asset(config: PipelineConfig) -> dg.AssetsDefinition:
                 "profiles_in_any_segment": membership["customer_id"].n_unique(),
                 "segments": table_metadata(table),
                 # a matrix with a column per segment: kept as markdown
-                "segment_overlaps": markdown_table(overlaps(membership, table["segment"])),
+                "segment_overlaps": table_metadata(overlaps(membership, table["segment"])),
                 **{
                     f"segment_{s}": int(n)
                     for s, n in table.select("segment", "members").iter_rows()
