@@ -23,6 +23,15 @@ def location_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
+_built: tuple[Settings, dg.Definitions] | None = None
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    return location_definitions(Settings.from_env())
+    """Built once per process and settings: the Dagster CLI asks for the definitions up to six
+    times in one `asset materialize`, and each build reads and validates the configuration."""
+    global _built
+    settings = Settings.from_env()
+    if _built is None or _built[0] != settings:
+        _built = (settings, location_definitions(settings))
+    return _built[1]
