@@ -79,7 +79,8 @@ def test_the_demo_leaves_the_dev_instance_empty_and_prints_stages_and_tables(
         assert re.search(rf"^  ok  {asset} ", out, re.MULTILINE), out
     assert out.count("destination       in segments") == 2
     assert "count contacts in the SendGrid account, not on the list" in out
-    assert "The SendGrid sandbox saw 7 requests, 0 upserts carrying 0 contacts." in out
+    # the unchanged rerun only reads (list counts, the account's contact count): nothing sent
+    assert re.search(r"The SendGrid sandbox saw \d+ requests, 0 upserts carrying 0 contacts\.", out)
     assert "make demo VERBOSE=1" in out
 
     # nothing written to the DAGSTER_HOME that `make dev` uses, no temporary folder left
