@@ -336,6 +336,13 @@ def read_request(folder: Path, name: str, config: PipelineConfig) -> ExportReque
             "starts with a letter or digit, ends in .json, and has at most 100 characters"
         )
     raw, status = _read_file(folder, name)
+    return _request_from(name, raw, (str(status.st_ino), str(status.st_mtime_ns)), config)
+
+
+def _request_from(
+    name: str, raw: bytes, drop: tuple[str, ...], config: PipelineConfig
+) -> ExportRequest:
+    """Validate a request body; `drop` (with the name and the bytes) identifies this drop."""
     try:
         destinations, requested_by = _validate(name, _parse_body(name, raw), config)
     except RequestRejected:
@@ -344,7 +351,7 @@ def read_request(folder: Path, name: str, config: PipelineConfig) -> ExportReque
         kind = type(error).__name__
         raise RequestRejected(f"{name}: cannot be read as a request ({kind})") from None
     identity = hashlib.sha256()
-    for part in (name, str(status.st_ino), str(status.st_mtime_ns)):
+    for part in (name, *drop):
         identity.update(part.encode() + b"\0")
     identity.update(raw)
     return ExportRequest(name, identity.hexdigest()[:16], destinations, requested_by)
@@ -448,19 +455,8 @@ class _StoredRequests:
             raise
         if after.version != before.version:
             raise _NotSettled(f"{name}: replaced while being read")
-        try:
-            destinations, requested_by = _validate(name, _parse_body(name, raw), config)
-        except RequestRejected:
-            raise
-        except Exception as error:  # anything else a hostile body provokes is still the file's
-            kind = type(error).__name__
-            raise RequestRejected(f"{name}: cannot be read as a request ({kind})") from None
-        identity = hashlib.sha256()
         # the ETag alone is the content's hash on S3: the time tells a re-drop of the same file
-        for part in (name, after.version, after.last_modified.isoformat()):
-            identity.update(part.encode() + b"\0")
-        identity.update(raw)
-        return ExportRequest(name, identity.hexdigest()[:16], destinations, requested_by)
+        return _request_from(name, raw, (after.version, after.last_modified.isoformat()), config)
 
     def move_aside(self, name: str, subfolder: str, note: dict) -> str:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
