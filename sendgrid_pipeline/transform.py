@@ -30,6 +30,14 @@ LINE_BREAKS = r"[\t\n\r]+"
 CONTROL_CHARACTERS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 MAX_LOCAL_PART = 64
 
+# The people a destination must not export, whatever their segments say: one row per email
+# and/or customer id (either may be null), with the reason reported for the rows it drops
+# (`erased`: the erasure ledger; other sources add their own reasons). See `destination_contacts`.
+DO_NOT_EXPORT_SCHEMA = {"email": pl.String, "customer_id": pl.String, "reason": pl.String}
+DO_NOT_EXPORT_DETAIL = "on the do-not-export list"
+# When several reasons match one profile, the first of these wins (others: alphabetical).
+DO_NOT_EXPORT_PRIORITY = ("erased",)
+
 REJECTION_SCHEMA = {
     "destination": pl.String,
     "customer_id": pl.String,
@@ -102,12 +110,52 @@ def destination_members(membership: pl.DataFrame, destination: Destination) -> p
     )
 
 
+def empty_do_not_export() -> pl.DataFrame:
+    return pl.DataFrame(schema=DO_NOT_EXPORT_SCHEMA)
+
+
+def _do_not_export_reasons(do_not_export: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """(email -> reason, customer_id -> reason), one reason per key by priority.
+
+    Emails are compared as the mapped email is: trimmed and lowercased.
+    """
+    priority = pl.col("reason").replace_strict(
+        {r: i for i, r in enumerate(DO_NOT_EXPORT_PRIORITY)},
+        default=len(DO_NOT_EXPORT_PRIORITY),
+        return_dtype=pl.Int32,
+    )
+    rows = (
+        do_not_export.lazy()
+        .select(
+            pl.col("email").cast(pl.String).str.strip_chars().str.to_lowercase(),
+            pl.col("customer_id").cast(pl.String),
+            pl.col("reason").cast(pl.String),
+        )
+        .sort(priority, "reason")
+    )
+
+    def first_reason(key: str, alias: str) -> pl.LazyFrame:
+        return (
+            rows.filter(pl.col(key).is_not_null())
+            .group_by(key, maintain_order=True)
+            .agg(pl.col("reason").first().alias(alias))
+        )
+
+    return first_reason("email", "_dne_email"), first_reason("customer_id", "_dne_id")
+
+
 def destination_contacts(
-    profiles: pl.DataFrame, membership: pl.DataFrame, destination: Destination
+    profiles: pl.DataFrame,
+    membership: pl.DataFrame,
+    destination: Destination,
+    do_not_export: pl.DataFrame | None = None,
 ) -> DestinationContacts:
     """The destination's members, mapped, normalized, validated and deduplicated.
 
     Every member ends in exactly one place: `accepted` (to send) or `rejected` (with a reason).
+    A member whose email or customer id is in `do_not_export` (DO_NOT_EXPORT_SCHEMA) is
+    rejected first, with that row's reason and without its email: an erased person's address
+    must not reappear in the rejected-rows report.
     """
     mapping = destination.field_mapping
     reserved = mapping.as_dict()
@@ -134,6 +182,20 @@ def destination_contacts(
         )
         .collect()
     )
+    members_in_segments = mapped.height
+    excluded = mapped.clear().with_columns(pl.lit(None, pl.String).alias("_dne"))
+    if do_not_export is not None and do_not_export.height:
+        by_email, by_id = _do_not_export_reasons(do_not_export)
+        matched = (
+            mapped.lazy()
+            .join(by_email, on="email", how="left")
+            .join(by_id, on="customer_id", how="left")
+            .with_columns(pl.coalesce("_dne_id", "_dne_email").alias("_dne"))
+            .drop("_dne_email", "_dne_id")
+            .collect()
+        )
+        excluded = matched.filter(pl.col("_dne").is_not_null())
+        mapped = matched.filter(pl.col("_dne").is_null()).drop("_dne")
     invalid = mapped.filter(pl.col("_reason").is_not_null())
     valid = mapped.filter(pl.col("_reason").is_null()).drop("_reason")
 
@@ -148,6 +210,13 @@ def destination_contacts(
     )
     rejected = pl.concat(
         [
+            excluded.select(
+                "destination",
+                "customer_id",
+                pl.lit(None, pl.String).alias("email"),
+                pl.col("_dne").alias("reason"),
+                pl.lit(DO_NOT_EXPORT_DETAIL, pl.String).alias("detail"),
+            ),
             invalid.select(
                 "destination",
                 "customer_id",
@@ -161,7 +230,7 @@ def destination_contacts(
     return DestinationContacts(
         accepted=kept.sort("email"),
         rejected=rejected.cast(REJECTION_SCHEMA),
-        profiles_in_segments=mapped.height,
+        profiles_in_segments=members_in_segments,
     )
 
 

@@ -24,12 +24,15 @@ from sendgrid_pipeline.checks import (
     SendGridContactsType,
     contact_check_results,
 )
-from sendgrid_pipeline.config import SENDGRID_FIELD_MAX_LENGTH, PipelineConfig
+from sendgrid_pipeline.config import SENDGRID_FIELD_MAX_LENGTH, Destination, PipelineConfig
+from sendgrid_pipeline.erasure_ledger import erasure_ledger
 from sendgrid_pipeline.io_manager import ReportStore
 from sendgrid_pipeline.privacy import mask_email_expr
-from sendgrid_pipeline.transform import destination_contacts
+from sendgrid_pipeline.state import SyncStateResource
+from sendgrid_pipeline.transform import destination_contacts, empty_do_not_export
 
 REJECTION_REASONS = [
+    "erased",
     "missing_email",
     "invalid_email",
     "email_too_long",
@@ -83,6 +86,21 @@ def store_rejected_report(
     report = rejected_report(rejected)
     url = reports.write_report(f"{key}.csv", report.to_csv(index=False).encode("utf-8"))
     return report, url
+
+
+def do_not_export_frames(
+    sync_state: SyncStateResource, destinations: list[Destination]
+) -> dict[str, pl.DataFrame]:
+    """Per destination: the people it must not export (transform.DO_NOT_EXPORT_SCHEMA).
+
+    Every source of exclusions adds its rows here, with its own reason: erasures (the
+    erasure ledger, reason `erased`) apply to every destination.
+    """
+    erased = erasure_ledger(sync_state).blocked()
+    frames = {d.name: empty_do_not_export() for d in destinations}
+    for name, frame in frames.items():
+        frames[name] = pl.concat([frame, erased], how="vertical_relaxed")
+    return frames
 
 
 def profiles_snapshot(context: dg.AssetExecutionContext) -> str | None:
@@ -144,13 +162,19 @@ def build_contacts_asset(
         unified_profiles: pl.DataFrame,
         segment_membership: pl.DataFrame,
         report_store: ReportStore,
+        sync_state: SyncStateResource,
     ) -> Iterator[dg.Output | dg.AssetCheckEvaluation]:
         accepted_frames = []
         per_destination = {}
         check_results = {}
+        excluded = do_not_export_frames(
+            sync_state, [config.destination(key) for key in context.partition_keys]
+        )
         for key in context.partition_keys:
             destination = config.destination(key)
-            result = destination_contacts(unified_profiles, segment_membership, destination)
+            result = destination_contacts(
+                unified_profiles, segment_membership, destination, excluded[key]
+            )
             accepted_frames.append(result.accepted)
             check_results[key] = contact_check_results(result.accepted, destination.profile_cap)
             report, report_url = store_rejected_report(report_store, key, result.rejected)
