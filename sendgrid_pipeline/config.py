@@ -390,6 +390,16 @@ class FieldMapping(_Strict):
         return [f for f in IDENTIFIER_FIELDS if getattr(self, f) is not None]
 
 
+# Suppression lists of the account (GET /v3/suppression/<path>) sendgrid_unsubscribes can read.
+SuppressionKind = Literal["unsubscribe", "bounce", "spam_report", "invalid_email", "block"]
+DEFAULT_SUPPRESSION_KINDS: tuple[SuppressionKind, ...] = (
+    "unsubscribe",
+    "bounce",
+    "spam_report",
+    "invalid_email",
+)
+
+
 class Destination(_Strict):
     """An export destination: one SendGrid contact list fed by one or more segments."""
 
@@ -438,6 +448,25 @@ class Destination(_Strict):
         lt=1,
         description="Share of max_contacts kept free: with 0.05 a sync is refused once the "
         "account would pass 95% of max_contacts. Destinations of one account must agree.",
+    )
+    exclude_suppressed: bool = Field(
+        default=False,
+        description="Never export contacts SendGrid suppresses for this destination's account "
+        "(the sendgrid_unsubscribes asset: its suppression_kinds and suppression_group_ids). "
+        "They are rejected with reason 'suppressed', and removed from the list if on it.",
+    )
+    suppression_kinds: tuple[SuppressionKind, ...] = Field(
+        default=DEFAULT_SUPPRESSION_KINDS,
+        max_length=5,
+        description="Which of the account's suppression lists sendgrid_unsubscribes reads: "
+        "unsubscribe, bounce, spam_report, invalid_email, block. Destinations of one account "
+        "(same api_key_env) must agree.",
+    )
+    suppression_group_ids: tuple[int, ...] = Field(
+        default=(),
+        max_length=200,
+        description="Unsubscribe (ASM) group ids whose unsubscribes sendgrid_unsubscribes "
+        "reads as kind group_unsubscribe. Destinations of one account must agree.",
     )
     max_removal_share: float = Field(
         default=0.2,
@@ -488,6 +517,19 @@ class Destination(_Strict):
         if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value):
             raise ValueError(f"{value!r} is not a SendGrid list id (expected a uuid)")
         return value
+
+    @field_validator("suppression_group_ids")
+    @classmethod
+    def _group_ids_are_ids(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [group_id for group_id in value if group_id <= 0]
+        if bad:
+            raise ValueError(f"{bad[0]} is not an unsubscribe group id (a positive integer)")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("suppression_kinds")
+    @classmethod
+    def _kinds_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(value))
 
 
 class Segment(_Strict):
@@ -1529,6 +1571,39 @@ def _check_shared_account_limit(
                 )
 
 
+_ACCOUNT_SUPPRESSION_KEYS = ("suppression_kinds", "suppression_group_ids")
+
+
+def _check_shared_suppression_settings(
+    path: Path,
+    destinations: list[Destination],
+    locate: Callable[[str, str], str] | None = None,
+) -> None:
+    """Destinations of one SendGrid account must name the same suppressions to read.
+
+    The suppressions are the account's and are read once per account: two destinations
+    asking for different kinds or groups would leave it unclear what the account's frame holds.
+    """
+    where = locate or (lambda _name, _key: str(path))
+    accounts: dict[str, list[Destination]] = {}
+    for destination in destinations:
+        accounts.setdefault(destination.api_key_env, []).append(destination)
+    for env, group in accounts.items():
+        first = group[0]
+        for destination in group[1:]:
+            for key in _ACCOUNT_SUPPRESSION_KEYS:
+                mine, theirs = getattr(destination, key), getattr(first, key)
+                if sorted(mine) == sorted(theirs):
+                    continue
+                raise ConfigError(
+                    f"{where(destination.name, key)}: destinations of one SendGrid account "
+                    f"(api_key_env {env}) read its suppressions differently: {first.name!r} "
+                    f"has {key}: {list(theirs)}, {destination.name!r} has {key}: "
+                    f"{list(mine)}. Suppressions are the account's: set {key} identically "
+                    "in every destination with this api_key_env"
+                )
+
+
 def load_config(
     directory: Path | str | None = None, *, skip_invalid_destinations: bool = False
 ) -> PipelineConfig:
@@ -1600,6 +1675,14 @@ def load_config(
         problems.append(ConfigProblem(str(error)))
     try:
         _check_shared_account_limit(
+            destinations_file.path,
+            list(config.destinations),
+            lambda name, key: config.where("destinations.yaml", name, *key.split(".")),
+        )
+    except ConfigError as error:
+        problems.append(ConfigProblem(str(error)))
+    try:
+        _check_shared_suppression_settings(
             destinations_file.path,
             list(config.destinations),
             lambda name, key: config.where("destinations.yaml", name, *key.split(".")),

@@ -280,6 +280,50 @@ def search_contacts(store: Store, request: Request) -> Response:
     )
 
 
+# -- suppressions (tsg_suppressions_v3.json) ----------------------------------------------------
+SUPPRESSION_KINDS = ("unsubscribes", "bounces", "spam_reports", "invalid_emails", "blocks")
+SUPPRESSION_PAGE_MAX = 500  # PaginationCommonLimit: minimum 1, maximum 500
+SUPPRESSION_PAGE_DEFAULT = 500  # "If omitted, the default page size is used" (not stated)
+
+
+def _int_param(request: Request, name: str, minimum: int, maximum: int | None = None) -> int | None:
+    """An integer query parameter within bounds, None when absent; a 400 naming it otherwise."""
+    raw = request.param(name)
+    if raw is None:
+        return None
+    if len(request.query.get(name, [])) > 1 or not re.fullmatch(r"-?[0-9]{1,12}", raw):
+        raise ApiError(400, name, f"{name} must be one integer")
+    value = int(raw)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise ApiError(400, name, f"{name} must be an integer {bound}")
+    return value
+
+
+def list_suppressions(store: Store, request: Request, kind: str) -> Response:
+    """GET /v3/suppression/<kind>: start_time/end_time (inclusive, unix seconds), limit, offset."""
+    start = _int_param(request, "start_time", 0)
+    end = _int_param(request, "end_time", 0)
+    limit = _int_param(request, "limit", 1, SUPPRESSION_PAGE_MAX)
+    offset = _int_param(request, "offset", 0) or 0
+    if start is not None and end is not None and start > end:
+        raise ApiError(400, "start_time", "start_time must not be after end_time")
+    page = store.suppressions_page(
+        kind, start, end, offset, SUPPRESSION_PAGE_DEFAULT if limit is None else limit
+    )
+    return json_response(200, page)
+
+
+def list_group_suppressions(store: Store, request: Request, group_id: str) -> Response:
+    """GET /v3/asm/groups/{group_id}/suppressions: every address of the group, unpaged."""
+    if not group_id.isdigit():
+        raise ApiError(400, "group_id", f"group_id {group_id!r} must be an integer")
+    emails = store.group_suppressions(int(group_id))
+    if emails is None:
+        raise ApiError(404, None, f"suppression group {group_id} not found")
+    return json_response(200, emails)
+
+
 Handler = Callable[..., Response]
 _ID = r"([^/]+)"
 ROUTES: tuple[tuple[str, re.Pattern[str], Handler], ...] = tuple(
@@ -299,6 +343,8 @@ ROUTES: tuple[tuple[str, re.Pattern[str], Handler], ...] = tuple(
         ("DELETE", f"/v3/marketing/lists/{_ID}/contacts", remove_from_list),
         ("GET", "/v3/marketing/field_definitions", get_field_definitions),
         ("POST", "/v3/marketing/field_definitions", post_field_definition),
+        ("GET", f"/v3/suppression/({'|'.join(SUPPRESSION_KINDS)})", list_suppressions),
+        ("GET", f"/v3/asm/groups/{_ID}/suppressions", list_group_suppressions),
         ("GET", f"/sandbox/errors/{_ID}\\.csv", download_errors),
         ("GET", f"/sandbox/exports/{_ID}/(\\d+)\\.(csv|json)\\.gz", download_export),
     )

@@ -200,6 +200,9 @@ class Store:
         self._pending: deque[Job | Export] = deque()
         self._contact_ids = _contact_ids()
         self.work_added = threading.Event()  # set whenever a job or export is queued
+        # Suppressions: kind -> lowercase email -> record; ASM groups: id -> email -> created.
+        self._suppressions: dict[str, dict[str, dict[str, Any]]] = {}
+        self._groups: dict[int, dict[str, int]] = {}
 
     # -- timing (see latency.py) ------------------------------------------------------------
     @property
@@ -780,3 +783,72 @@ class Store:
             if export is None or export.file_type != file_type or index >= len(export.files):
                 return None
             return export.files[index]
+
+    # -- suppressions (GET /v3/suppression/<kind>, GET /v3/asm/groups/{id}/suppressions) ---------
+    def add_suppression(
+        self,
+        kind: str,
+        email: str,
+        created: int,
+        reason: str | None = None,
+        status: str | None = None,
+    ) -> None:
+        """Record a suppression of `kind` (unsubscribes, bounces...) as SendGrid would.
+
+        One record per address and kind (compared without case): adding it again replaces it,
+        with its new `created`. The address keeps the case it was given, as SendGrid's does.
+        """
+        record: dict[str, Any] = {"created": int(created), "email": email}
+        if reason is not None:
+            record["reason"] = reason
+        if status is not None:
+            record["status"] = status
+        with self._lock:
+            self._suppressions.setdefault(kind, {})[email.lower()] = record
+
+    def remove_suppression(self, kind: str, email: str) -> None:
+        """Delete a suppression (the recipient resubscribed, or it was deleted by hand)."""
+        with self._lock:
+            self._suppressions.get(kind, {}).pop(email.lower(), None)
+
+    def suppressions_page(
+        self, kind: str, start: int | None, end: int | None, offset: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """Records created in [start, end] (both inclusive), newest first, one page of them."""
+        with self._lock:
+            records = [
+                dict(record)
+                for record in self._suppressions.get(kind, {}).values()
+                if (start is None or record["created"] >= start)
+                and (end is None or record["created"] <= end)
+            ]
+        records.sort(key=lambda r: (-r["created"], r["email"].lower()))
+        return records[offset : offset + limit]
+
+    def clear_suppressions(self) -> None:
+        """Forget every suppression and group (between generated test cases)."""
+        with self._lock:
+            self._suppressions.clear()
+            self._groups.clear()
+
+    def create_suppression_group(self, group_id: int) -> None:
+        with self._lock:
+            self._groups.setdefault(int(group_id), {})
+
+    def add_group_suppression(self, group_id: int, email: str, created: int | None = None) -> None:
+        """Unsubscribe an address from one ASM group (the group is created if needed)."""
+        with self._lock:
+            members = self._groups.setdefault(int(group_id), {})
+            members[email] = int(created if created is not None else time.time())
+
+    def remove_group_suppression(self, group_id: int, email: str) -> None:
+        with self._lock:
+            members = self._groups.get(int(group_id), {})
+            for known in [e for e in members if e.lower() == email.lower()]:
+                del members[known]
+
+    def group_suppressions(self, group_id: int) -> list[str] | None:
+        """The group's suppressed addresses, or None for a group that does not exist."""
+        with self._lock:
+            members = self._groups.get(int(group_id))
+            return None if members is None else list(members)
