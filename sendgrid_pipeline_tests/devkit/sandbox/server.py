@@ -42,6 +42,7 @@ from sendgrid_pipeline_tests.devkit.sandbox.api import (
     error_response,
     json_response,
 )
+from sendgrid_pipeline_tests.devkit.sandbox.contract import Contract
 from sendgrid_pipeline_tests.devkit.sandbox.faults import (
     FaultCounts,
     FaultInjector,
@@ -282,9 +283,12 @@ class SandboxServer:
         job_delay_seconds: float = 0.05,
         faults: FaultPlan | None = None,
         latency: LatencyModel | None = None,
+        contract: Contract | None = None,
     ) -> None:
-        """`latency` (see latency.py) replaces `job_delay_seconds` when given."""
+        """`latency` (see latency.py) replaces `job_delay_seconds` when given; `contract`
+        (see contract.py) checks every API request against SendGrid's API description."""
         require_loopback(host)
+        self.contract = contract
         self.api_key = api_key or f"SG.sandbox-{secrets.token_hex(16)}"
         self.revoked_keys: set[str] = set()
         self.forbidden_keys: set[str] = set()
@@ -658,6 +662,8 @@ class SandboxServer:
         request = Request(
             handler.command, path, parse_qs(query, keep_blank_values=True), body, injector.plan
         )
+        if is_api and self.contract is not None:  # recorded only: the answer is SendGrid's
+            self.contract.check(request.method, path, request.query, body)
         fault = injector.decide(path, is_api)
         if fault == "ok":
             return self._dispatch(request, rate, None)
