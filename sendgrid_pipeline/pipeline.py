@@ -19,6 +19,10 @@ from sendgrid_pipeline.assets.contacts import build_contacts_asset
 from sendgrid_pipeline.assets.profiles import build_profiles_asset
 from sendgrid_pipeline.assets.segments import build_segments_asset
 from sendgrid_pipeline.assets.sync import build_sync_asset
+from sendgrid_pipeline.assets.unsubscribes import (
+    build_unsubscribes_asset,
+    build_unsubscribes_job_and_schedule,
+)
 from sendgrid_pipeline.config import PipelineConfig, load_config
 from sendgrid_pipeline.delta_source import DeltaProfileSource
 from sendgrid_pipeline.errors import ProfileDataError
@@ -259,6 +263,7 @@ def build_definitions(
             build_segments_asset(config),
             build_contacts_asset(config, partitions),
             build_sync_asset(config, partitions),
+            build_unsubscribes_asset(config),  # its own job: not upstream of the sync
         ]
         checks = [_config_problems_check(config)] if config.problems else []
     export_job = dg.define_asset_job(
@@ -273,11 +278,12 @@ def build_definitions(
     schedule = build_refresh_schedule(
         export_job, keys, note=note, cron=refresh_cron, timezone=refresh_timezone
     )
+    unsubscribes_job, unsubscribes_schedule = build_unsubscribes_job_and_schedule(executor)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[export_job],
-        schedules=[schedule],
+        jobs=[export_job, unsubscribes_job],
+        schedules=[schedule, unsubscribes_schedule],
         sensors=[
             build_profile_change_sensor(export_job, keys),
             build_export_request_sensor(export_job, config, resources.requests),

@@ -522,6 +522,31 @@ class SandboxServer:
         """Complete every pending job and export now."""
         self._store.complete_all()
 
+    def add_suppression(
+        self,
+        kind: str,
+        email: str,
+        created: int,
+        reason: str | None = None,
+        status: str | None = None,
+    ) -> None:
+        """Suppress an address: `kind` is unsubscribes, bounces, spam_reports, invalid_emails
+        or blocks; `created` in unix seconds (what GET /v3/suppression/<kind> filters on)."""
+        self._store.add_suppression(kind, email, created, reason, status)
+
+    def remove_suppression(self, kind: str, email: str) -> None:
+        self._store.remove_suppression(kind, email)
+
+    def add_group_suppression(self, group_id: int, email: str) -> None:
+        """Unsubscribe an address from an ASM group (created if needed)."""
+        self._store.add_group_suppression(group_id, email)
+
+    def create_suppression_group(self, group_id: int) -> None:
+        self._store.create_suppression_group(group_id)
+
+    def clear_suppressions(self) -> None:
+        self._store.clear_suppressions()
+
     @staticmethod
     def lists_from_destinations_file(path: str | Path) -> dict[str, str]:
         """{list_id: display_name} for each destination in a destinations.yaml."""
