@@ -51,3 +51,30 @@ def test_a_sync_over_the_account_limit_fails_the_step_and_sends_nothing(data_dir
     assert name in message and "over the account's limit of 10" in message
     assert "holds 0 contacts" in message and "Nothing was sent" in message
     assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE")] == []
+
+
+def test_a_refused_sync_creates_no_custom_field_either(data_dir, sandbox) -> None:
+    """Fields are created before the plan exists: the limit must be checked before them."""
+    config = load_config(data_dir)
+    creating = [
+        d.name
+        for d in config.destinations
+        if d.create_missing_custom_fields and d.field_mapping.custom_fields
+    ]
+    assert creating, "the sample has no destination that creates its custom fields"
+    set_limit(data_dir, 10)
+    result = export(data_dir, sandbox, partitions=[creating[0]])
+    assert not result.success
+    message = step_failure_messages(result)
+    assert "over the account's limit of 10" in message and "Nothing was sent" in message
+    assert [r.path for r in sandbox.requests if r.method != "GET"] == []  # no field, no contact
+
+
+def test_a_sync_within_the_limit_still_creates_its_custom_fields(data_dir, sandbox) -> None:
+    config = load_config(data_dir)
+    name = next(d.name for d in config.destinations if d.create_missing_custom_fields)
+    set_limit(data_dir, 1_000_000)
+    result = export(data_dir, sandbox, partitions=[name])
+    assert result.success, step_failure_messages(result)
+    created = [r for r in sandbox.requests if r.method == "POST" and "field_definitions" in r.path]
+    assert created

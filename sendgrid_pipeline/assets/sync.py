@@ -28,6 +28,7 @@ from sendgrid_pipeline.errors import PipelineError
 from sendgrid_pipeline.io_manager import ReportStore
 from sendgrid_pipeline.sendgrid.resource import SendGridResource
 from sendgrid_pipeline.state import SyncStateResource
+from sendgrid_pipeline.sync.account_limit import check_new_contacts
 from sendgrid_pipeline.sync.apply import (
     DestinationSync,
     SyncOptions,
@@ -241,7 +242,21 @@ def run_destination_sync(
         ),
     )
     client = sendgrid.client(destination.api_key_env)
-    custom_ids = resolve_custom_field_ids(client, destination, context.log, choices.dry_run)
+
+    def limit_before_creating(missing: list[str]) -> None:
+        """Fields are created before the plan exists: the contact limit is checked first,
+        with every contact not yet recorded on the list counted as new."""
+        recorded = sync_state.store().for_list(destination.name, destination.list_id).members()
+        new_contacts = contacts.join(recorded.select("email"), on="email", how="anti").height
+        check_new_contacts(client, destination, new_contacts, choices.dry_run, context.log)
+
+    custom_ids = resolve_custom_field_ids(
+        client,
+        destination,
+        context.log,
+        choices.dry_run,
+        before_creating=limit_before_creating if destination.max_contacts is not None else None,
+    )
     sync = DestinationSync(
         client,
         sync_state.store(),

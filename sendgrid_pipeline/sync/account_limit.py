@@ -85,7 +85,18 @@ def check_account_limit(
     dry_run: bool,
     log: logging.Logger | logging.LoggerAdapter,
 ) -> AccountCheck:
-    """Read the account's counts; raise SyncRefused (not retryable) for a plan past the limit.
+    """Read the account's counts; raise SyncRefused (not retryable) for a plan past the limit."""
+    return check_new_contacts(client, destination, plan.adds, dry_run, log)
+
+
+def check_new_contacts(
+    client: SendGridClient,
+    destination: Destination,
+    new_contacts: int,
+    dry_run: bool,
+    log: logging.Logger | logging.LoggerAdapter,
+) -> AccountCheck:
+    """Read the account's counts; raise SyncRefused for `new_contacts` past the limit.
 
     A dry run is never refused: the would-be refusal is logged and kept in the check. Without
     max_contacts a count that cannot be read is only a warning; with it, the error stands
@@ -99,11 +110,11 @@ def check_account_limit(
         log.warning(
             "%s: the account's contact count could not be read: %s", destination.name, error
         )
-        return AccountCheck(None, None, plan.adds, None, destination.contact_limit_margin)
+        return AccountCheck(None, None, new_contacts, None, destination.contact_limit_margin)
     check = AccountCheck(
         contact_count=counted.contact_count,
         billable_count=counted.billable_count,
-        new_contacts=plan.adds,
+        new_contacts=new_contacts,
         max_contacts=destination.max_contacts,
         margin=destination.contact_limit_margin,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from sendgrid_pipeline.config import Destination
 from sendgrid_pipeline.errors import PipelineError
@@ -28,8 +29,13 @@ def resolve_custom_field_ids(
     log: logging.Logger | logging.LoggerAdapter,
     dry_run: bool = False,
     wait_seconds: float = 60.0,
+    before_creating: Callable[[list[str]], None] | None = None,
 ) -> dict[str, str]:
-    """SendGrid custom field name -> id for every custom field the destination maps."""
+    """SendGrid custom field name -> id for every custom field the destination maps.
+
+    `before_creating(missing)` runs before a field is created, and may refuse the sync (the
+    account's contact limit): a refused sync leaves the account as it found it.
+    """
     wanted = destination.field_mapping.custom_fields
     if not wanted:
         return {}
@@ -61,6 +67,8 @@ def resolve_custom_field_ids(
     if dry_run:
         log.info("%s: would create custom field(s) %s", destination.name, ", ".join(missing))
         return {**ids, **{m: f"(new:{m})" for m in missing}}
+    if before_creating is not None:
+        before_creating(missing)
     for name in missing:
         created = client.create_field_definition(name, wanted[name].type)
         ids[name] = str(created["id"])
