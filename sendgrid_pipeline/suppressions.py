@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ SCHEMA: dict[str, pl.DataType] = {
     "customer_ids": pl.List(pl.String()),  # every customer_id with this email
 }
 KEY = ["account", "kind", "group_id", "email"]
+
+log = logging.getLogger(__name__)
 
 
 class SuppressionStateError(PipelineError):
@@ -240,10 +243,12 @@ def merge(
     )
     keep = previous.join(wanted, on=["account", "kind", "group_id"], how="semi", nulls_equal=True)
     fresh = pl.concat([r.frame for r in reads.values()]) if reads else empty_frame()
-    read_groups = fresh.filter(pl.col("kind") == GROUP_KIND).select("account", "group_id").unique()
-    # groups read now are replaced by what was read; everything else accumulates
+    # groups read now (even empty) are replaced by what was read; everything else accumulates
+    read_groups = wanted.filter(
+        (pl.col("kind") == GROUP_KIND) & pl.col("account").is_in(list(reads))
+    )
     keep_old = keep.join(
-        read_groups.with_columns(pl.lit(GROUP_KIND).alias("kind")),
+        read_groups,
         on=["account", "kind", "group_id"],
         how="anti",
         nulls_equal=True,
@@ -327,10 +332,23 @@ def with_customer_ids(frame: pl.DataFrame, ids_by_account: dict[str, pl.DataFram
 
 
 def suppressed_contacts(data_dir: Path, api_key_env: str) -> pl.DataFrame:
-    """Do-not-export rows (email, customer_id, reason 'suppressed') of one account."""
+    """Do-not-export rows (email, customer_id, reason 'suppressed') of one account.
+
+    Matched by email only (customer_id stays null): SendGrid suppresses an address, so a
+    customer who moves to a new address may be exported at that one.
+    """
+    if not suppressions_path(data_dir).exists():
+        log.warning(
+            f"{suppressions_path(data_dir)} does not exist yet: nothing is excluded as "
+            "suppressed until the sendgrid_unsubscribes asset has run"
+        )
     frame = load_frame(data_dir)
     return (
         frame.filter(pl.col("account") == api_key_env)
-        .select("email", "customer_id", pl.lit(SUPPRESSED_REASON).alias("reason"))
+        .select(
+            "email",
+            pl.lit(None, pl.String).alias("customer_id"),
+            pl.lit(SUPPRESSED_REASON, pl.String).alias("reason"),
+        )
         .unique("email", keep="first", maintain_order=True)
     )

@@ -29,10 +29,12 @@ from sendgrid_pipeline.erasure_ledger import erasure_ledger
 from sendgrid_pipeline.io_manager import ReportStore
 from sendgrid_pipeline.privacy import mask_email_expr
 from sendgrid_pipeline.state import SyncStateResource
+from sendgrid_pipeline.suppressions import suppressed_contacts
 from sendgrid_pipeline.transform import destination_contacts, empty_do_not_export
 
 REJECTION_REASONS = [
     "erased",
+    "suppressed",
     "missing_email",
     "invalid_email",
     "email_too_long",
@@ -89,17 +91,27 @@ def store_rejected_report(
 
 
 def do_not_export_frames(
-    sync_state: SyncStateResource, destinations: list[Destination]
+    sync_state: SyncStateResource,
+    destinations: list[Destination],
+    data_dir: Path | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Per destination: the people it must not export (transform.DO_NOT_EXPORT_SCHEMA).
 
     Every source of exclusions adds its rows here, with its own reason: erasures (the
-    erasure ledger, reason `erased`) apply to every destination.
+    erasure ledger, reason `erased`) apply to every destination; SendGrid's suppressions of
+    the destination's account (<data dir>/suppressions, reason `suppressed`) to those with
+    exclude_suppressed: true.
     """
     erased = erasure_ledger(sync_state).blocked()
     frames = {d.name: empty_do_not_export() for d in destinations}
     for name, frame in frames.items():
         frames[name] = pl.concat([frame, erased], how="vertical_relaxed")
+    for destination in destinations:
+        if destination.exclude_suppressed and data_dir is not None:
+            suppressed = suppressed_contacts(data_dir, destination.api_key_env)
+            frames[destination.name] = pl.concat(
+                [frames[destination.name], suppressed], how="vertical_relaxed"
+            )
     return frames
 
 
@@ -168,7 +180,9 @@ def build_contacts_asset(
         per_destination = {}
         check_results = {}
         excluded = do_not_export_frames(
-            sync_state, [config.destination(key) for key in context.partition_keys]
+            sync_state,
+            [config.destination(key) for key in context.partition_keys],
+            config.data_dir,
         )
         for key in context.partition_keys:
             destination = config.destination(key)
