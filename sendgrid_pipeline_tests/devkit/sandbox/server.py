@@ -544,6 +544,10 @@ class SandboxServer:
     def create_suppression_group(self, group_id: int) -> None:
         self._store.create_suppression_group(group_id)
 
+    def remove_group_suppression(self, group_id: int, email: str) -> None:
+        """The address resubscribed to the group."""
+        self._store.remove_group_suppression(group_id, email)
+
     def clear_suppressions(self) -> None:
         self._store.clear_suppressions()
 
