@@ -477,6 +477,20 @@ class Destination(_Strict):
     allow_mass_removal: bool = Field(
         default=False, description="Override the brake for this destination (use with care)."
     )
+    max_erasure_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Brake: refuse an erasure run that would take more than this share of "
+        "the contacts we manage on this destination's list (from 10 people on; override with "
+        "the run tag sendgrid/allow_mass_erasure=true).",
+    )
+    erase_recipient_data: bool = Field(
+        default=False,
+        description="Erasures also erase the people's personal data account-wide in SendGrid "
+        "(POST /v3/recipients/erasejob: names, addresses, subject lines, IPs). One destination "
+        "of an account asking for it is enough for the whole account.",
+    )
     on_rejected_rows: Literal["warn", "fail"] = Field(
         default="warn",
         description="When SendGrid rejects some rows (an errored job or a 400 for one value): "
@@ -760,6 +774,11 @@ class PipelineConfig(BaseModel):
     @property
     def requests_dir(self) -> Path:
         return self.data_dir / "requests"
+
+    @property
+    def erasures_dir(self) -> Path:
+        """Where erasure request files (CSV) are dropped; see sendgrid_pipeline.erasure."""
+        return self.data_dir / "erasures"
 
     @property
     def destination_names(self) -> list[str]:

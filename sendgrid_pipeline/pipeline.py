@@ -16,6 +16,12 @@ import polars as pl
 
 from sendgrid_pipeline.assets.common import GROUP
 from sendgrid_pipeline.assets.contacts import build_contacts_asset
+from sendgrid_pipeline.assets.erasures import (
+    build_erasure_job,
+    build_erasure_sensor,
+    build_erasures_asset,
+    create_erasures_folder,
+)
 from sendgrid_pipeline.assets.profiles import build_profiles_asset
 from sendgrid_pipeline.assets.segments import build_segments_asset
 from sendgrid_pipeline.assets.sync import build_sync_asset
@@ -264,6 +270,7 @@ def build_definitions(
             build_contacts_asset(config, partitions),
             build_sync_asset(config, partitions),
             build_unsubscribes_asset(config),  # its own job: not upstream of the sync
+            build_erasures_asset(config),  # its own job and sensor: not upstream of the sync
         ]
         checks = [_config_problems_check(config)] if config.problems else []
     export_job = dg.define_asset_job(
@@ -279,14 +286,17 @@ def build_definitions(
         export_job, keys, note=note, cron=refresh_cron, timezone=refresh_timezone
     )
     unsubscribes_job, unsubscribes_schedule = build_unsubscribes_job_and_schedule(executor)
+    create_erasures_folder(config)
+    erasure_job = build_erasure_job(executor)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[export_job, unsubscribes_job],
+        jobs=[export_job, unsubscribes_job, erasure_job],
         schedules=[schedule, unsubscribes_schedule],
         sensors=[
             build_profile_change_sensor(export_job, keys),
             build_export_request_sensor(export_job, config, resources.requests),
+            build_erasure_sensor(erasure_job, config),
         ],
         resources=resources.as_dict(),
         executor=executor,

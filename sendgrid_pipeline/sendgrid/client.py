@@ -46,6 +46,9 @@ SEARCH_EMAIL_MAX_LENGTH = 100  # the email search refuses longer addresses (Open
 SGQL_MAX_RESULTS = 50  # POST /v3/marketing/contacts/search returns the first 50 matches
 REMOVE_IDS_PER_REQUEST = 100  # keeps the DELETE URL short (~3.7 kB of ids)
 TERMINAL_JOB_STATUSES = frozenset({"completed", "errored", "failed"})
+DELETE_IDS_PER_REQUEST = 100  # DELETE /v3/marketing/contacts?ids=: no documented cap; short URL
+ERASE_EMAILS_MAX = 5_000  # POST /v3/recipients/erasejob: "5,000 addresses or 256Kb"
+ERASE_BODY_MAX_BYTES = 256_000  # 256 KB counted as decimal kilobytes: the smaller reading
 
 log = logging.getLogger(__name__)
 
@@ -632,6 +635,35 @@ class SendGridClient:
         return self.make_request("GET", "/v3/marketing/field_definitions").json()
 
     def create_field_definition(self, name: str, field_type: str) -> dict[str, Any]:
+    def delete_contacts(self, contact_ids: list[str]) -> str:
+        """Delete contacts from the account (and so from every list); returns the job id,
+        which GET /v3/marketing/contacts/imports/{id} reports (job_type "delete").
+
+        Only ever by ids: the endpoint's other parameter, delete_all_contacts, deletes every
+        contact of the account and is never sent.
+        """
+        if not contact_ids or len(contact_ids) > DELETE_IDS_PER_REQUEST:
+            raise ValueError(f"delete_contacts takes 1..{DELETE_IDS_PER_REQUEST} contact ids")
+        response = self.make_request(
+            "DELETE", "/v3/marketing/contacts", params={"ids": ",".join(contact_ids)}
+        )
+        return str(response.json()["job_id"])
+
+    def create_erasure_job(self, emails: list[str]) -> str:
+        """Erase the recipients' personal data account-wide (POST /v3/recipients/erasejob);
+        returns the job id. SendGrid offers no status for it: the 202 is the confirmation.
+
+        At most ERASE_EMAILS_MAX addresses and ERASE_BODY_MAX_BYTES of body per request.
+        """
+        body = json.dumps({"email_addresses": emails}, separators=(",", ":")).encode()
+        if not emails or len(emails) > ERASE_EMAILS_MAX or len(body) > ERASE_BODY_MAX_BYTES:
+            raise ValueError(
+                f"create_erasure_job takes 1..{ERASE_EMAILS_MAX} addresses and at most "
+                f"{ERASE_BODY_MAX_BYTES} bytes of body ({len(emails)}, {len(body)} given)"
+            )
+        response = self.make_request("POST", "/v3/recipients/erasejob", body=body)
+        return str(response.json()["job_id"])
+
         """Create a custom field ("Text", "Number" or "Date"); returns {id, name, field_type}."""
         return self.make_request(
             "POST",

@@ -141,6 +141,57 @@ def search_emails(store: Store, request: Request) -> Response:
     return json_response(200, {"result": result})
 
 
+def delete_contacts(store: Store, request: Request) -> Response:
+    """DELETE /v3/marketing/contacts?ids=<comma-separated>: an async job (202 {job_id}).
+
+    delete_all_contacts=true would delete every contact of the account: the sandbox counts
+    it and refuses it, so a test can assert the pipeline never sends it.
+    """
+    if request.param("delete_all_contacts") is not None:
+        store.refuse_delete_all()
+        raise ApiError(400, "delete_all_contacts", "the sandbox refuses delete_all_contacts")
+    values = request.query.get("ids", [])
+    if len(values) > 1:
+        raise ApiError(400, "ids", f"ids given {len(values)} times; send one comma-separated value")
+    ids = [cid.strip() for cid in (values[0] if values else "").split(",") if cid.strip()]
+    if not ids:
+        raise ApiError(400, "ids", "ids is required: comma-separated contact ids")
+    return json_response(202, {"job_id": store.enqueue_deletion(list(dict.fromkeys(ids)))})
+
+
+# -- recipients' data erasure (tsg_recipients_data_erasure_v3.json) -------------------------------
+MAX_ERASE_EMAILS = 5_000  # maxItems of email_addresses
+MAX_ERASE_BYTES = 256_000  # "a maximum payload size of 256Kb"
+
+
+def erase_recipients(store: Store, request: Request) -> Response:
+    """POST /v3/recipients/erasejob {"email_addresses": [...]}: 202 {"job_id"}.
+
+    Addresses are de-duplicated and checked for structure; invalid ones answer 400, one
+    error each ("Email_address <x> is not valid", field email_addresses).
+    """
+    if len(request.body) > MAX_ERASE_BYTES:
+        raise ApiError(  # the spec's only client error is 400
+            400,
+            "email_addresses",
+            f"request body too large: {len(request.body)} bytes, limit {MAX_ERASE_BYTES}",
+        )
+    emails = request.json_object().get("email_addresses")
+    if not isinstance(emails, list) or not emails:
+        raise ApiError(400, "email_addresses", "email_addresses must be a non-empty array")
+    if len(emails) > MAX_ERASE_EMAILS:
+        raise ApiError(
+            400, "email_addresses", f"{len(emails)} addresses; at most {MAX_ERASE_EMAILS} allowed"
+        )
+    invalid = [e for e in emails if not isinstance(e, str) or not is_valid_email(e.lower())]
+    if invalid:
+        return error_response(
+            400, [error("email_addresses", f"Email_address {e} is not valid") for e in invalid]
+        )
+    unique = list(dict.fromkeys(e.lower() for e in emails))
+    return json_response(202, {"job_id": store.record_erasure(unique)})
+
+
 # -- lists -----------------------------------------------------------------------------------------
 def remove_from_list(store: Store, request: Request, list_id: str) -> Response:
     values = request.query.get("contact_ids", [])
@@ -332,6 +383,8 @@ ROUTES: tuple[tuple[str, re.Pattern[str], Handler], ...] = tuple(
         ("PUT", "/v3/marketing/contacts", upsert_contacts),
         ("GET", "/v3/marketing/contacts/count", get_contact_count),
         ("GET", f"/v3/marketing/contacts/imports/{_ID}", get_import),
+        ("DELETE", "/v3/marketing/contacts", delete_contacts),
+        ("POST", "/v3/recipients/erasejob", erase_recipients),
         ("POST", "/v3/marketing/contacts/search/emails", search_emails),
         ("POST", "/v3/marketing/contacts/search", search_contacts),
         ("POST", "/v3/marketing/contacts/exports", post_export),

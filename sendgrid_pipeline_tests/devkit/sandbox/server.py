@@ -496,6 +496,21 @@ class SandboxServer:
         }
 
     # -- inspection and setup helpers (each first applies the jobs that are due) ----------------
+    def deleted_emails(self) -> list[str]:
+        """Emails of the contacts deleted from the account, one entry per deletion applied."""
+        with self._store._lock:
+            return list(self._store.deleted_emails)
+
+    def erasure_jobs(self) -> list[tuple[str, list[str]]]:
+        """(job id, addresses) of every accepted POST /v3/recipients/erasejob."""
+        with self._store._lock:
+            return list(self._store.erasure_jobs)
+
+    @property
+    def delete_all_requests(self) -> int:
+        """How many DELETE /v3/marketing/contacts carried delete_all_contacts (refused)."""
+        return self._store.delete_all_requests
+
     def list_member_emails(self, list_id: str) -> set[str]:
         """Lowercase emails currently on the list (KeyError for an unknown list)."""
         return self._store.member_emails(list_id)

@@ -200,6 +200,11 @@ class Store:
         self._pending: deque[Job | Export] = deque()
         self._contact_ids = _contact_ids()
         self.work_added = threading.Event()  # set whenever a job or export is queued
+        # Compliance: emails of contacts deleted from the account (one entry per deletion),
+        # erase jobs as (job id, addresses), and refused delete_all_contacts requests.
+        self.deleted_emails: list[str] = []
+        self.erasure_jobs: list[tuple[str, list[str]]] = []
+        self.delete_all_requests = 0
         # Suppressions: kind -> lowercase email -> record; ASM groups: id -> email -> created.
         self._suppressions: dict[str, dict[str, dict[str, Any]]] = {}
         self._groups: dict[int, dict[str, int]] = {}
@@ -424,6 +429,9 @@ class Store:
             self._by_alternate[email.lower()] = key
 
     def _finish_removal(self, job: Job) -> None:
+        if not job.list_ids:  # no list: a deletion from the account
+            self._finish_deletion(job)
+            return
         now = _iso(time.time())
         contact_list = self._lists[job.list_ids[0]]
         removed = 0
@@ -697,6 +705,65 @@ class Store:
             )
             self._enqueue(job)
         return job.id
+
+    def enqueue_deletion(self, contact_ids: list[str]) -> str:
+        """DELETE /v3/marketing/contacts?ids=: an async "delete" job with no list."""
+        now = time.time()
+        with self._locked():
+            unknown = [cid for cid in contact_ids if cid not in self._by_id]
+            if unknown:
+                shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+                raise ApiError(404, "ids", f"contact ids not found: {shown}")
+            job = Job(
+                id=str(uuid.uuid4()),
+                job_type="delete",
+                due=now,  # set when queued (_enqueue), by the latency model
+                started_at=_iso(now),
+                requested=len(contact_ids),
+                payload=[self._by_id[cid] for cid in contact_ids],
+                list_ids=(),
+            )
+            self._enqueue(job)
+        return job.id
+
+    def _finish_deletion(self, job: Job) -> None:
+        """Delete the contacts from the account and so from every list (under the lock)."""
+        now = time.time()
+        deleted = 0
+        for key in job.payload or []:
+            contact = self._contacts.pop(key, None)
+            if contact is None:  # deleted meanwhile by another job
+                continue
+            deleted += 1
+            self.deleted_emails.append(str(contact.get("email") or key))
+            self._by_id.pop(contact["id"], None)
+            self._custom.pop(key, None)
+            self._reindex_alternates(key, contact.get("alternate_emails") or [], [])
+            for contact_list in self._lists.values():
+                if key in contact_list.members:
+                    del contact_list.members[key]
+                    self._note_count(contact_list, now)
+        job.payload = None
+        job.results = {
+            "requested_count": job.requested,
+            "created_count": 0,
+            "updated_count": 0,
+            "deleted_count": deleted,
+            "errored_count": 0,
+        }
+        job.status = "completed"
+        job.finished_at = _iso(now)
+
+    def record_erasure(self, emails: list[str]) -> str:
+        """POST /v3/recipients/erasejob: remember what was asked (no status endpoint exists)."""
+        job_id = str(uuid.uuid4())
+        with self._lock:
+            self.erasure_jobs.append((job_id, list(emails)))
+        return job_id
+
+    def refuse_delete_all(self) -> None:
+        with self._lock:
+            self.delete_all_requests += 1
 
     def import_job(self, job_id: str) -> dict[str, Any] | None:
         with self._locked(upto=job_id):
