@@ -5,6 +5,12 @@ Both live on a storage base (see object_storage.py): a directory by default, or 
 Destination-partitioned outputs carry a `destination` column; a run over several partitions
 writes one object per partition, and loading several partitions concatenates them.
 
+The shared roots (unified_profiles, segment_membership) are partitioned by destination too, so
+that one run or one backfill over several destinations holds every asset, but their output is
+the same for every destination: it is stored ONCE per run, as <asset key>.parquet (whatever
+the run's partitions), and loaded once for any subset of partitions. Such an asset says so
+with SHARED_OUTPUT_METADATA on its definition.
+
 Connection settings: `storage_options` (config, shown in the UI: no credentials there) over
 the provider variables the settings read from the environment, passed in as
 `environment_resource(...)`: a value Dagster hands over when a run starts, never config.
@@ -24,6 +30,8 @@ from pydantic import Field
 from sendgrid_pipeline.object_storage import ObjectNotFoundError, StorageLocation
 
 PARTITION_COLUMN = "destination"
+# Definition metadata of a partitioned asset whose output is one object for all partitions.
+SHARED_OUTPUT_METADATA = "sendgrid/one_output_for_all_destinations"
 REJECTED_REPORTS = "reports/rejected"  # under a report store's base
 
 _LOCATIONS: dict[tuple, StorageLocation] = {}
@@ -57,8 +65,15 @@ def storage_location(
         return location
 
 
+def is_shared_output(metadata: Mapping[str, object] | None) -> bool:
+    """Whether an asset's definition metadata marks one stored output for all its partitions."""
+    value = (metadata or {}).get(SHARED_OUTPUT_METADATA)
+    return bool(getattr(value, "value", value))
+
+
 class DestinationParquetIOManager(dg.ConfigurableIOManager):
-    """Stores each asset (partition) as <base_dir>/<asset key>/<partition>.parquet."""
+    """Stores each asset (partition) as <base_dir>/<asset key>/<partition>.parquet; an asset
+    marked SHARED_OUTPUT_METADATA as one <base_dir>/<asset key>.parquet for all partitions."""
 
     base_dir: str = Field(
         description="Where the Parquet objects go: a directory or a URL (file://, s3://, "
@@ -86,8 +101,8 @@ class DestinationParquetIOManager(dg.ConfigurableIOManager):
             return
         if not isinstance(obj, pl.DataFrame):
             raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame")
-        if not context.has_asset_partitions:
-            self._write(context.asset_key, None, obj)
+        if not context.has_asset_partitions or is_shared_output(context.definition_metadata):
+            self._write(context.asset_key, None, obj)  # once, whatever the partitions
             return
         keys = context.asset_partition_keys
         if len(keys) == 1:
@@ -100,8 +115,10 @@ class DestinationParquetIOManager(dg.ConfigurableIOManager):
             self._write(context.asset_key, key, obj.clear())
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
-        if not context.has_asset_partitions:
-            return self._read(context.asset_key, None)
+        upstream = context.upstream_output
+        shared = upstream is not None and is_shared_output(upstream.definition_metadata)
+        if not context.has_asset_partitions or shared:
+            return self._read(context.asset_key, None)  # once, for any partition subset
         keys = context.asset_partition_keys
         return pl.concat([self._read(context.asset_key, k) for k in keys], how="vertical")
 

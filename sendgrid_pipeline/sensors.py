@@ -16,6 +16,7 @@ from typing import Any
 
 import dagster as dg
 
+from sendgrid_pipeline.assets.common import PER_DESTINATION, SHARED_ROOTS
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
 from sendgrid_pipeline.object_storage import (
@@ -29,6 +30,8 @@ from sendgrid_pipeline.schedules import RANGE_END_TAG, RANGE_START_TAG, AssetJob
 REQUEST_FILE_TAG = "sendgrid/request_file"  # "<file name>:<drop id>", on every run of one drop
 REQUEST_PART_TAG = "sendgrid/request_part"  # which of the drop's runs: "all", a key, "a..b"
 REQUESTED_BY_TAG = "sendgrid/requested_by"
+# On a later run of a drop that reuses the profiles and segments its first run computed.
+PROFILES_FROM_TAG = "sendgrid/profiles_from_run"
 
 # Every input a request file can make the sensor spend is bounded.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -110,17 +113,29 @@ class RequestPart:
     part: str  # "all", a single destination, or "<first>..<last>"
     keys: list[str]
 
-    def run_request(self, request: ExportRequest) -> dg.RunRequest:
+    def run_request(
+        self, request: ExportRequest, profiles_from: str | None = None
+    ) -> dg.RunRequest:
+        """The part's run: every asset, or with `profiles_from` (the run id of the drop's first
+        run, which computed them) only the per-destination assets, the roots loaded as stored."""
         tags = {
             REQUEST_FILE_TAG: request.request_tag,
             REQUEST_PART_TAG: self.part,
             REQUESTED_BY_TAG: request.requested_by,
         }
+        selection = None
+        if profiles_from is not None:
+            tags[PROFILES_FROM_TAG] = profiles_from
+            selection = list(PER_DESTINATION)
         run_key = f"{request.request_tag}:{self.part}"
         if len(self.keys) == 1:
-            return dg.RunRequest(run_key=run_key, partition_key=self.keys[0], tags=tags)
+            return dg.RunRequest(
+                run_key=run_key, partition_key=self.keys[0], tags=tags, asset_selection=selection
+            )
         range_tags = {RANGE_START_TAG: self.keys[0], RANGE_END_TAG: self.keys[-1]}
-        return dg.RunRequest(run_key=run_key, tags={**tags, **range_tags})
+        return dg.RunRequest(
+            run_key=run_key, tags={**tags, **range_tags}, asset_selection=selection
+        )
 
 
 def contiguous_ranges(wanted: Collection[str], order: Sequence[str]) -> list[list[str]]:
@@ -141,9 +156,10 @@ def contiguous_ranges(wanted: Collection[str], order: Sequence[str]) -> list[lis
 def request_parts(destinations: Collection[str], order: Sequence[str]) -> list[RequestPart]:
     """As few runs as a run can express: one per contiguous range of requested destinations.
 
-    A run selects its partitions with a single key or a start/end range, so a set with gaps
-    needs one run per range (Dagster splits single-run backfills the same way); a covering
-    range would sync destinations nobody asked for.
+    A run selects its partitions with a single key or a start/end range (Dagster 1.13 reads a
+    run's partitions from those tags only), so a set with gaps needs one run per range; a
+    covering range would sync destinations nobody asked for. The first range's run reads the
+    profiles; the others reuse them (see _handle_request_file).
     """
     parts = []
     for keys in contiguous_ranges(destinations, order):
@@ -490,10 +506,10 @@ def _handle_request_file(
     runs = context.instance.get_runs(
         filters=dg.RunsFilter(tags={REQUEST_FILE_TAG: request.request_tag})
     )
-    launched = {run.tags.get(REQUEST_PART_TAG) for run in runs}
-    missing = [part for part in parts if part.part not in launched]
+    by_part = {run.tags.get(REQUEST_PART_TAG): run for run in runs}
+    missing = [part for part in parts if part.part not in by_part]
     if missing:  # the run keys make each of them happen once, however many ticks ask
-        return [part.run_request(request) for part in missing]
+        return _next_runs(context, request, parts, missing, by_part)
     note = {
         "requested_by": request.requested_by,
         "destinations": request.destinations,
@@ -502,6 +518,41 @@ def _handle_request_file(
     moved = requests.move_aside(name, ARCHIVE_DIR, note)
     context.log.info(f"{name}: runs {', '.join(note['run_ids'])}; archived as {moved}")
     return []
+
+
+def _next_runs(
+    context: dg.SensorEvaluationContext,
+    request: ExportRequest,
+    parts: list[RequestPart],
+    missing: list[RequestPart],
+    by_part: dict[str | None, dg.DagsterRun],
+) -> list[dg.RunRequest]:
+    """The drop's runs still to launch: the profiles are read once per drop.
+
+    The first part's run computes every asset. Only once it has finished do the other parts
+    (destinations not adjacent to the first ones) run, each over the per-destination assets
+    only, loading the profiles and segments that first run stored. Should that run have failed
+    before storing them, the other parts compute them themselves.
+    """
+    first = parts[0]
+    if first in missing:
+        return [first.run_request(request)]
+    first_run = by_part[first.part]
+    if not first_run.is_finished:
+        context.log.info(
+            f"{request.name}: waiting for run {first_run.run_id} ({first.part}) to read the "
+            "profiles before the other destinations run"
+        )
+        return []
+    stored = {
+        record.asset_materialization.asset_key
+        for record in context.instance.all_logs(
+            first_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        )
+        if record.asset_materialization is not None
+    }
+    profiles_from = first_run.run_id if set(SHARED_ROOTS) <= stored else None
+    return [part.run_request(request, profiles_from) for part in missing]
 
 
 def build_export_request_sensor(
@@ -525,7 +576,9 @@ def build_export_request_sensor(
         '{"destinations": ["newsletter_eu"], "requested_by": "jane"} (or "all") into the data '
         "directory's requests/ folder (or the storage base's requests/ prefix on an object "
         "store). Each drop becomes runs exactly once (run keys): one run "
-        "per contiguous range of the requested destinations; the next tick archives it under "
+        "per contiguous range of the requested destinations, the profiles read once: the first "
+        "run reads them, the others (launched when it has finished) reuse them; the tick after "
+        "the last launch archives it under "
         "requests/archive/ with the run ids. A bad file (not a regular file, over 64 KiB, not "
         "the expected JSON) moves to requests/rejected/ with the reason.",
     )

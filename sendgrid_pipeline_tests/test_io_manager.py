@@ -9,8 +9,11 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sendgrid_pipeline.io_manager import (
+    SHARED_OUTPUT_METADATA,
     DestinationParquetIOManager,
     ReportStore,
     environment_resource,
@@ -102,3 +105,66 @@ def test_a_local_report_is_a_path_and_an_object_store_one_a_url(tmp_path: Path) 
     assert ReportStore(base_dir="s3://bucket").metadata_value(remote) == dg.MetadataValue.url(
         remote
     )
+
+
+# -- the shared roots: partitioned by destination, one object per run ------------------------------
+ORDER = ["a", "b", "c", "d"]
+
+
+def _shared_root_defs(base: Path, seen: list[int]) -> dg.Definitions:
+    """A shared root (marked as unified_profiles is) and a per-destination asset below it."""
+    partitions = dg.StaticPartitionsDefinition(ORDER)
+
+    @dg.asset(partitions_def=partitions, metadata={SHARED_OUTPUT_METADATA: True})
+    def root(context) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"customer_id": ["C1", "C2", "C3"], "keys": len(context.partition_keys)}
+        )
+
+    @dg.asset(partitions_def=partitions)
+    def per_destination(context, root: pl.DataFrame) -> pl.DataFrame:
+        seen.append(root.height)
+        return pl.concat(
+            [
+                root.select("customer_id").with_columns(destination=pl.lit(k))
+                for k in context.partition_keys
+            ]
+        )
+
+    return dg.Definitions(
+        assets=[root, per_destination],
+        resources={"io_manager": DestinationParquetIOManager(base_dir=str(base))},
+    )
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(bounds=st.tuples(st.integers(0, 3), st.integers(0, 3)).map(sorted))
+def test_a_shared_root_is_stored_once_and_loaded_once_for_any_range(
+    tmp_path_factory: pytest.TempPathFactory, bounds: list[int]
+) -> None:
+    base = tmp_path_factory.mktemp("storage")
+    seen: list[int] = []
+    defs = _shared_root_defs(base, seen)
+    start, end = ORDER[bounds[0]], ORDER[bounds[1]]
+    keys = ORDER[bounds[0] : bounds[1] + 1]
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": start,
+                "dagster/asset_partition_range_end": end,
+            },
+        )
+        assert result.success
+        # the root's materialization is recorded on every partition of the run ...
+        recorded = instance.get_materialized_partitions(dg.AssetKey("root"))
+        assert recorded == set(keys)
+    # ... but its output is one object, written once, and read once (not once per partition)
+    assert sorted(p.name for p in base.iterdir()) == ["per_destination", "root.parquet"]
+    assert pl.read_parquet(base / "root.parquet")["keys"].to_list() == [len(keys)] * 3
+    assert seen == [3]
+    stored = sorted(p.name for p in (base / "per_destination").iterdir())
+    assert stored == [f"{k}.parquet" for k in keys]

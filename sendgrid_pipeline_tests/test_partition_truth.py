@@ -9,6 +9,7 @@ as the UI does) and compares them with independently computed figures.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -22,6 +23,7 @@ from sendgrid_pipeline.assets.sync_checks import (
 )
 from sendgrid_pipeline.checks import CAP_CHECK, EMAIL_CHECK
 from sendgrid_pipeline.config import PipelineConfig, load_config
+from sendgrid_pipeline.schedules import RANGE_END_TAG, RANGE_START_TAG
 from sendgrid_pipeline_tests.helpers import definitions, export, step_failure_messages
 from sendgrid_pipeline_tests.test_end_to_end import expected_members
 
@@ -259,3 +261,123 @@ def test_list_size_check_warns_per_destination_when_sendgrid_and_the_state_diffe
     assert [
         (e.partition, e.passed) for e in evaluations(result) if e.check_name == LIST_SIZE_CHECK
     ] == [("winback_campaign", True)]
+
+
+# -- item 5: one backfill over several destinations is one run ------------------------------
+# A code location of the test's data directory and sandbox (given through the environment),
+# loaded in process as `dagster dev` loads definitions.py.
+BACKFILL_LOCATION = """
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+from sendgrid_pipeline_tests.helpers import definitions
+
+defs = definitions(
+    Path(os.environ["BACKFILL_TEST_DATA_DIR"]),
+    SimpleNamespace(
+        base_url=os.environ["BACKFILL_TEST_SENDGRID_URL"],
+        api_key=os.environ["BACKFILL_TEST_SENDGRID_KEY"],
+    ),
+)
+"""
+LAUNCH_BACKFILL = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+ALL_ASSETS = ["unified_profiles", "segment_membership", "sendgrid_contacts", "sendgrid_list_sync"]
+
+
+@contextmanager
+def run_backfill(
+    tmp_path: Path, data_dir: Path, sandbox, partitions: list[str], monkeypatch
+) -> Iterator[tuple[dg.DagsterInstance, list[dg.DagsterRun], str]]:
+    """Launch a backfill of every asset through GraphQL, then plan and run it as the backfill
+    daemon does (its own iteration function, runs launched synchronously in this process)."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+    from dagster._daemon.backfill import execute_backfill_iteration
+    from dagster._daemon.daemon import get_default_daemon_logger
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    location = tmp_path / "backfill_location.py"
+    location.write_text(BACKFILL_LOCATION)
+    monkeypatch.setenv("BACKFILL_TEST_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("BACKFILL_TEST_SENDGRID_URL", sandbox.base_url)
+    monkeypatch.setenv("BACKFILL_TEST_SENDGRID_KEY", sandbox.api_key)
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(
+            python_file=str(location), attribute="defs", working_directory=str(REPO)
+        )
+    )
+    with (
+        dg.instance_for_test(
+            synchronous_run_coordinator=True, synchronous_run_launcher=True
+        ) as instance,
+        WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as process_context,
+    ):
+        params = {
+            "assetSelection": [{"path": [asset]} for asset in ALL_ASSETS],
+            "partitionNames": partitions,
+            "title": "backfill test",
+        }
+        launched = execute_dagster_graphql(
+            process_context.create_request_context(), LAUNCH_BACKFILL, {"params": params}
+        ).data["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_id = launched["backfillId"]
+        logger = get_default_daemon_logger("BackfillDaemon")
+        for _ in range(10):  # iterations, not time: each plans what its parents allow
+            for error in execute_backfill_iteration(process_context, logger):
+                assert error is None, error
+            if instance.get_backfill(backfill_id).status.value != "REQUESTED":
+                break
+        backfill = instance.get_backfill(backfill_id)
+        runs = instance.get_runs(filters=dg.RunsFilter.for_backfill(backfill_id))
+        assert backfill.status.value == "COMPLETED_SUCCESS", (backfill.status, runs)
+        yield instance, runs, backfill_id
+
+
+def test_a_backfill_of_every_asset_over_every_destination_is_one_run(
+    tmp_path, data_dir, sandbox, monkeypatch
+) -> None:
+    config = load_config(data_dir)
+    names = config.destination_names
+    with run_backfill(tmp_path, data_dir, sandbox, names, monkeypatch) as (instance, runs, _):
+        assert len(runs) == 1, [(r.run_id, r.tags) for r in runs]
+        [run] = runs
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert {k.to_user_string() for k in run.asset_selection} == set(ALL_ASSETS)
+        assert (run.tags[RANGE_START_TAG], run.tags[RANGE_END_TAG]) == (names[0], names[-1])
+        started = [
+            r.dagster_event.step_key
+            for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+        ]
+        assert started.count("unified_profiles") == 1  # the profiles read once, for all
+        for asset in ALL_ASSETS:  # every destination of every asset, by that one run
+            for name in names:
+                record = latest_materialization(instance, dg.AssetKey(asset), name)
+                assert record.run_id == run.run_id, (asset, name)
+        # each partition of the shared roots shows its own destination's figures
+        for name in names:
+            destination = config.destination(name)
+            figures = metadata_values(
+                latest_materialization(instance, dg.AssetKey("segment_membership"), name)
+            )
+            shown = {k[len("segment_") :] for k in figures if k.startswith("segment_")}
+            shown = {s for s in shown if not s.endswith("_unmatched_ids") and s != "overlaps"}
+            assert shown == set(destination.segments) | set(destination.exclude_segments), name
+    counts = {name: len(emails) for name, emails in expected_members(data_dir).items()}
+    for name in names:
+        assert len(sandbox.list_member_emails(config.destination(name).list_id)) == counts[name]
+    # the profiles and the segments are one stored object each, not one per destination
+    stored = sorted(p.name for p in (data_dir / "storage").iterdir())
+    assert "unified_profiles.parquet" in stored and "segment_membership.parquet" in stored
+    assert "unified_profiles" not in stored and "segment_membership" not in stored

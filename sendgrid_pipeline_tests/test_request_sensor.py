@@ -21,12 +21,14 @@ from sendgrid_pipeline.pipeline import EXPORT_JOB
 from sendgrid_pipeline.schedules import RANGE_START_TAG, refresh_all_tags
 from sendgrid_pipeline.sensors import (
     MAX_REQUEST_BYTES,
+    PROFILES_FROM_TAG,
     contiguous_ranges,
     read_bounded,
     request_parts,
 )
 from sendgrid_pipeline_tests.helpers import definitions
 
+PROFILES = dg.AssetKey("unified_profiles")
 LISTS = {
     "newsletter_eu": "3f1c7a52-9f0e-4a57-9d1e-2b7f0c8a1e01",
     "vip_program": "8b2d4e6f-1a3c-4b5d-8e7f-9a0b1c2d3e4f",
@@ -302,8 +304,13 @@ def test_contiguous_destinations_are_one_range_run_that_syncs_only_them(
         assert request.tags.items() >= refresh_all_tags(["newsletter_eu", "vip_program"]).items()
         assert request.run_key.startswith("two.json:")
         assert request.run_key.endswith(":newsletter_eu..vip_program")
+        assert request.asset_selection is None  # every asset, profiles and segments included
         result = job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False)
         assert result.success
+        # one run: the profiles read once and the segments evaluated once for both
+        assert _profile_steps(result) == ["unified_profiles", "segment_membership"]
+        read = [m for m in result.get_asset_materialization_events() if m.asset_key == PROFILES]
+        assert sorted(m.partition for m in read) == ["newsletter_eu", "vip_program"]
         assert request_tick(data_dir, instance).run_requests == []
     assert sandbox.list_member_emails(LISTS["newsletter_eu"])
     assert sandbox.list_member_emails(LISTS["vip_program"])
@@ -326,19 +333,86 @@ def test_destinations_with_a_gap_are_one_run_per_range_and_archived_once_all_exi
     )
     with dg.instance_for_test() as instance:
         first = request_tick(data_dir, instance).run_requests
+        # the first range only: the others wait for it to have read the profiles
         assert [(r.partition_key, r.run_key.rsplit(":", 1)[1]) for r in first] == [
-            ("newsletter_eu", "newsletter_eu"),
-            ("winback_campaign", "winback_campaign"),
+            ("newsletter_eu", "newsletter_eu")
         ]
         assert all(RANGE_START_TAG not in r.tags for r in first)
-        run_ids = record_runs(instance, first[:1])  # the daemon stopped after one
+        run_ids = record_runs(instance, first)  # computed no profiles (a no-op job)
         missing = request_tick(data_dir, instance).run_requests
-        assert [r.run_key for r in missing] == [first[1].run_key]
+        assert [(r.partition_key, r.run_key.rsplit(":", 1)[1]) for r in missing] == [
+            ("winback_campaign", "winback_campaign")
+        ]
+        # the first run stored no profiles: this one reads them itself
+        assert missing[0].asset_selection is None
+        assert PROFILES_FROM_TAG not in missing[0].tags
         run_ids += record_runs(instance, missing)
         assert request_tick(data_dir, instance).run_requests == []
     [note] = notes(data_dir / "requests" / "archive").values()
     assert note["destinations"] == ["newsletter_eu", "winback_campaign"]
     assert note["run_ids"] == sorted(run_ids)
+
+
+def _launch(job: dg.JobDefinition, instance: dg.DagsterInstance, request: dg.RunRequest):
+    """What the daemon does with a run request of the export job, in process."""
+    return job.execute_in_process(
+        instance=instance,
+        tags=request.tags,
+        partition_key=request.partition_key,
+        asset_selection=request.asset_selection,
+        raise_on_error=False,
+    )
+
+
+def _profile_steps(result: dg.ExecuteInProcessResult) -> list[str]:
+    """The steps of a run that read the profiles or evaluated the segments."""
+    return [
+        event.step_key
+        for event in result.all_events
+        if event.event_type_value == "STEP_START"
+        and event.step_key in {"unified_profiles", "segment_membership"}
+    ]
+
+
+def test_a_request_with_a_gap_reads_the_profiles_once_for_both_runs(
+    data_dir: Path, sandbox
+) -> None:
+    write_request(
+        data_dir,
+        "gap.json",
+        {"destinations": ["winback_campaign", "newsletter_eu"], "requested_by": "jane"},
+    )
+    job = definitions(data_dir, sandbox).resolve_job_def(EXPORT_JOB)
+    with dg.instance_for_test() as instance:
+        [first] = request_tick(data_dir, instance).run_requests
+        assert first.asset_selection is None  # every asset: it reads the profiles
+        assert request_tick(data_dir, instance).run_requests == [first]  # not launched yet
+        one = _launch(job, instance, first)
+        assert one.success
+        assert _profile_steps(one) == ["unified_profiles", "segment_membership"]
+        [second] = request_tick(data_dir, instance).run_requests
+        assert second.partition_key == "winback_campaign"
+        assert second.tags[PROFILES_FROM_TAG] == one.run_id
+        assert set(second.asset_selection) == {
+            dg.AssetKey("sendgrid_contacts"),
+            dg.AssetKey("sendgrid_list_sync"),
+        }
+        two = _launch(job, instance, second)
+        assert two.success
+        assert _profile_steps(two) == []  # the profiles of the first run, loaded as stored
+        contacts = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("sendgrid_contacts"), asset_partitions=["winback_campaign"]
+            ),
+            limit=1,
+        ).records
+        assert contacts[0].run_id == two.run_id
+        assert request_tick(data_dir, instance).run_requests == []
+    assert sandbox.list_member_emails(LISTS["newsletter_eu"])
+    assert sandbox.list_member_emails(LISTS["winback_campaign"])
+    assert not sandbox.list_member_emails(LISTS["vip_program"]), "nobody asked for it"
+    [note] = notes(data_dir / "requests" / "archive").values()
+    assert note["run_ids"] == sorted([one.run_id, two.run_id])
 
 
 def test_ranges_follow_the_partition_order() -> None:

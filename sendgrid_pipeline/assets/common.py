@@ -20,6 +20,11 @@ OWNERS = ["team:data-engineering"]
 DRY_RUN_TAG = "sendgrid/dry_run"
 ALLOW_MASS_REMOVAL_TAG = "sendgrid/allow_mass_removal"
 RECONCILE_TAG = "sendgrid/reconcile"
+# The roots every destination shares: partitioned by destination so that one run holds every
+# asset, but one object per run (io_manager.SHARED_OUTPUT_METADATA).
+SHARED_ROOTS = (dg.AssetKey("unified_profiles"), dg.AssetKey("segment_membership"))
+# The assets computed per destination, downstream of the roots.
+PER_DESTINATION = (dg.AssetKey("sendgrid_contacts"), dg.AssetKey("sendgrid_list_sync"))
 
 
 def _column_type(dtype: pl.DataType) -> str:

@@ -1,4 +1,9 @@
-"""unified_profiles: the profile source, read once and validated."""
+"""unified_profiles: the profile source, read once and validated.
+
+Partitioned by destination like the assets downstream, so that one run (or one backfill) over
+several destinations holds every asset, but the profiles are one object: read once per run,
+stored once, the same for every destination (see io_manager.SHARED_OUTPUT_METADATA).
+"""
 
 from datetime import UTC, datetime
 
@@ -9,6 +14,7 @@ from sendgrid_pipeline.assets.common import GROUP, OWNERS
 from sendgrid_pipeline.checks import UnifiedProfilesType
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
+from sendgrid_pipeline.io_manager import SHARED_OUTPUT_METADATA
 from sendgrid_pipeline.profile_source import Located, ProfileSource
 
 SHOWN = 10  # offending customer_ids listed in an error
@@ -17,18 +23,26 @@ SHOWN = 10  # offending customer_ids listed in an error
 SNAPSHOT_METADATA = "profiles_snapshot"
 
 
-def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
+def build_profiles_asset(
+    config: PipelineConfig, partitions: dg.PartitionsDefinition | None = None
+) -> dg.AssetsDefinition:
+    """The profiles asset; with `partitions` (the destinations), one read for all of them."""
+
     @dg.asset(
         name="unified_profiles",
         group_name=GROUP,
         owners=OWNERS,
         kinds={"polars"},
+        partitions_def=partitions,
         # computed once in a run over several destinations, backfills and ranges included
         backfill_policy=dg.BackfillPolicy.single_run(),
+        metadata={SHARED_OUTPUT_METADATA: True},
         dagster_type=UnifiedProfilesType,
         description="Unified customer profiles from the profile source (CSV/Parquet files by "
         "default; a SQL warehouse or a Delta table as profile_source.yaml says), one row per "
-        "customer_id. Validated with a Pandera polars schema.",
+        "customer_id. Validated with a Pandera polars schema. Partitioned by destination only "
+        "so that a run over several destinations holds it: the profiles are read once per run "
+        "and are the same for every destination.",
     )
     def unified_profiles(
         context: dg.AssetExecutionContext, profile_source: ProfileSource
@@ -43,6 +57,13 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
             context.log.warning(warning)  # e.g. an exclusion rule that can be null
         check_customer_ids(located, source)
         context.log.info("read %d profiles from %s", frame.height, source)
+        # The same figures on every partition the run materializes: they describe the one read.
+        scope = (
+            "every profile: one read shared by the destinations "
+            + ", ".join(context.partition_keys)
+            if context.assets_def.partitions_def is not None
+            else "every profile"
+        )
         return dg.Output(
             frame,
             metadata={
@@ -51,6 +72,7 @@ def build_profiles_asset(config: PipelineConfig) -> dg.AssetsDefinition:
                     columns=[dg.TableColumn(n, str(t)) for n, t in frame.schema.items()]
                 ),
                 "source": dg.MetadataValue.text(source),
+                "figures_cover": dg.MetadataValue.text(scope),
                 "origins": ", ".join(located.origins),  # the files, a table, a Delta version
                 SNAPSHOT_METADATA: snapshot.isoformat(timespec="microseconds"),
             },

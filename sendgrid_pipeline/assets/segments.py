@@ -1,14 +1,25 @@
-"""segment_membership: which profile is in which segment."""
+"""segment_membership: which profile is in which segment.
+
+Partitioned by destination (like unified_profiles) so that a run over several destinations
+holds it; the membership is one object for every destination, computed and stored once per run.
+Each destination's partition shows the figures of that destination's own segments only.
+"""
 
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
-from sendgrid_pipeline.assets.common import GROUP, OWNERS, table_metadata
+from sendgrid_pipeline.assets.common import (
+    GROUP,
+    OWNERS,
+    add_partition_metadata,
+    table_metadata,
+)
 from sendgrid_pipeline.checks import SegmentMembershipType
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
+from sendgrid_pipeline.io_manager import SHARED_OUTPUT_METADATA
 from sendgrid_pipeline.profile_source import as_text, csv_error, csv_header
 from sendgrid_pipeline.transform import segment_membership as compute_membership
 
@@ -70,7 +81,39 @@ def overlaps(membership: pl.DataFrame, segments: pl.Series) -> pl.DataFrame:
     )
 
 
-def build_segments_asset(config: PipelineConfig) -> dg.AssetsDefinition:
+def segment_figures(
+    membership: pl.DataFrame,
+    segments: list[str],
+    names: dict[str, str],
+    unmatched: dict[str, int],
+) -> dict[str, object]:
+    """The metadata of a set of segments: sizes, overlaps, members in any, unmatched ids."""
+    own = membership.filter(pl.col("segment_id").is_in(segments))
+    size_of = dict(own.group_by("segment_id").len("members").iter_rows())
+    table = pl.DataFrame(
+        {
+            "segment": segments,
+            "name": [names[s] for s in segments],
+            "members": [int(size_of.get(s, 0)) for s in segments],
+        },
+        schema={"segment": pl.String, "name": pl.String, "members": pl.Int64},
+    )
+    return {
+        "dagster/row_count": own.height,
+        "profiles_in_any_segment": own["customer_id"].n_unique(),
+        "segments": table_metadata(table),
+        # a matrix with a column per segment
+        "segment_overlaps": table_metadata(overlaps(own, table["segment"])),
+        **{f"segment_{s}": int(n) for s, n in table.select("segment", "members").iter_rows()},
+        **{f"segment_{s}_unmatched_ids": unmatched[s] for s in segments if s in unmatched},
+    }
+
+
+def build_segments_asset(
+    config: PipelineConfig, partitions: dg.PartitionsDefinition | None = None
+) -> dg.AssetsDefinition:
+    """The membership asset; with `partitions` (the destinations), computed once for all,
+    each destination's partition showing its own segments' figures."""
     described = "\n".join(
         f"- `{s.id}`: {s.name}: `{s.rule or 'members listed in ' + str(s.membership_file)}`"
         for s in config.segments
@@ -81,11 +124,15 @@ def build_segments_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         group_name=GROUP,
         owners=OWNERS,
         kinds={"polars"},
+        partitions_def=partitions,
         # computed once in a run over several destinations, backfills and ranges included
         backfill_policy=dg.BackfillPolicy.single_run(),
+        metadata={SHARED_OUTPUT_METADATA: True},
         dagster_type=SegmentMembershipType,
         description="Members of every segment (customer_id, segment_id). Segments are SQL "
-        f"boolean expressions over profile columns (data/segments.yaml):\n{described}",
+        f"boolean expressions over profile columns (data/segments.yaml):\n{described}\n\n"
+        "Computed once per run for every destination; each destination's partition shows the "
+        "figures of its own segments (those it includes or excludes).",
     )
     def segment_membership(
         context: dg.AssetExecutionContext, unified_profiles: pl.DataFrame
@@ -118,31 +165,32 @@ def build_segments_asset(config: PipelineConfig) -> dg.AssetsDefinition:
                     segment.id,
                     segment.membership_file,
                 )
-        sizes = membership.group_by("segment_id").len("members")
-        size_of = dict(sizes.iter_rows())
-        table = pl.DataFrame(
+        size_of = dict(membership.group_by("segment_id").len("members").iter_rows())
+        for segment in config.segments:
+            context.log.info("segment %s: %d members", segment.id, size_of.get(segment.id, 0))
+        names = {s.id: s.name for s in config.segments}
+        if context.assets_def.partitions_def is None:
+            every = [s.id for s in config.segments]
+            figures = segment_figures(membership, every, names, unmatched)
+            return dg.Output(membership, metadata=figures)
+        # Each destination's figures on its own partition only (none on the Output, which
+        # would show them on every partition of the run).
+        add_partition_metadata(
+            context,
             {
-                "segment": [s.id for s in config.segments],
-                "name": [s.name for s in config.segments],
-                "members": [size_of.get(s.id, 0) for s in config.segments],
-            }
-        )
-        for segment, members in zip(table["segment"], table["members"], strict=True):
-            context.log.info("segment %s: %d members", segment, members)
-        return dg.Output(
-            membership,
-            metadata={
-                "dagster/row_count": membership.height,
-                "profiles_in_any_segment": membership["customer_id"].n_unique(),
-                "segments": table_metadata(table),
-                # a matrix with a column per segment: kept as markdown
-                "segment_overlaps": table_metadata(overlaps(membership, table["segment"])),
-                **{
-                    f"segment_{s}": int(n)
-                    for s, n in table.select("segment", "members").iter_rows()
-                },
-                **{f"segment_{s}_unmatched_ids": n for s, n in unmatched.items()},
+                key: segment_figures(
+                    membership, destination_segments(config, key), names, unmatched
+                )
+                for key in context.partition_keys
             },
         )
+        return dg.Output(membership)
 
     return segment_membership
+
+
+def destination_segments(config: PipelineConfig, destination: str) -> list[str]:
+    """The segments a destination uses (included, then excluded), in definition order."""
+    used = config.destination(destination)
+    wanted = set(used.segments) | set(used.exclude_segments)
+    return [s.id for s in config.segments if s.id in wanted]
