@@ -24,7 +24,14 @@ from sendgrid_pipeline_tests.devkit.dev import write_instance_config
 from sendgrid_pipeline_tests.helpers import definitions
 
 REPO = Path(__file__).resolve().parents[1]
-ASSETS = ["segment_membership", "sendgrid_contacts", "sendgrid_list_sync", "unified_profiles"]
+ASSETS = [
+    "segment_membership",
+    "sendgrid_contacts",
+    "sendgrid_erasures",
+    "sendgrid_list_sync",
+    "sendgrid_unsubscribes",
+    "unified_profiles",
+]
 
 
 def test_definitions_hold_the_assets_checks_job_schedule_and_sensors(data_dir) -> None:
@@ -45,11 +52,15 @@ def test_definitions_hold_the_assets_checks_job_schedule_and_sensors(data_dir) -
     assert {s.name for s in defs.sensors} == {
         "profile_source_changed_sensor",
         "export_request_sensor",
+        "erasure_request_sensor",
     }
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.description and node.owners == ["team:data-engineering"]
-        assert node.group_name == "sendgrid_export"
+        consent = key.to_user_string() == "sendgrid_unsubscribes"  # its own job, not the export
+        erasures = key.to_user_string() == "sendgrid_erasures"  # its own job and sensor
+        group = "sendgrid_compliance" if erasures else "sendgrid_export"
+        assert node.group_name == ("sendgrid_consent" if consent else group)
 
 
 def test_every_setting_comes_from_its_documented_variable(tmp_path: Path) -> None:
@@ -124,10 +135,14 @@ def test_the_module_is_lazy_definitions_that_load_in_process() -> None:
     assert sorted(k.to_user_string() for k in repository.asset_graph.get_all_asset_keys()) == (
         ASSETS
     )
-    assert [s.name for s in repository.schedule_defs] == ["sendgrid_refresh_schedule"]
+    assert sorted(s.name for s in repository.schedule_defs) == [
+        "sendgrid_refresh_schedule",
+        "sendgrid_unsubscribes_schedule",
+    ]
     assert {s.name for s in repository.sensor_defs} == {
         "profile_source_changed_sensor",
         "export_request_sensor",
+        "erasure_request_sensor",
     }
 
 

@@ -310,3 +310,20 @@ def test_suppression_settings_default_and_validate(data_dir) -> None:
     edit_destinations(data_dir, suppression_group_ids=[5], suppression_kinds=["spam"])
     with pytest.raises(ConfigError, match="suppression_kinds"):
         load_config(data_dir)
+
+
+def test_its_own_job_and_a_stopped_schedule_not_upstream_of_the_export(data_dir) -> None:
+    from sendgrid_pipeline.pipeline import EXPORT_JOB
+
+    defs = definitions(data_dir)
+    export_job = defs.resolve_job_def(EXPORT_JOB)
+    assert dg.AssetKey("sendgrid_unsubscribes") not in export_job.asset_layer.selected_asset_keys
+    assert dg.AssetKey("sendgrid_list_sync") in export_job.asset_layer.selected_asset_keys
+    schedule = defs.resolve_schedule_def("sendgrid_unsubscribes_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert schedule.job_name == JOB
+    graph = defs.resolve_asset_graph()
+    sync = graph.get(dg.AssetKey("sendgrid_list_sync"))
+    contacts = graph.get(dg.AssetKey("sendgrid_contacts"))
+    for node in (sync, contacts):
+        assert dg.AssetKey("sendgrid_unsubscribes") not in node.parent_keys
