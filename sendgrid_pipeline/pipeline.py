@@ -265,8 +265,8 @@ def build_definitions(
         warnings.simplefilter("ignore", dg.BetaWarning)
         warnings.simplefilter("ignore", dg.PreviewWarning)
         assets = [
-            build_profiles_asset(config),
-            build_segments_asset(config),
+            build_profiles_asset(config, partitions),  # partitioned: one run holds every asset
+            build_segments_asset(config, partitions),
             build_contacts_asset(config, partitions),
             build_sync_asset(config, partitions),
             build_unsubscribes_asset(config),  # its own job: not upstream of the sync
