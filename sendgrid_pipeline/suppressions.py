@@ -20,7 +20,7 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,9 +140,10 @@ def load_watermarks(data_dir: Path) -> dict[str, dict[str, int]]:
         ) from None
 
 
-def _write_atomically(path: Path, write: object) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write beside the file, then rename: a reader never sees half a file."""
     temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)  # type: ignore[operator]
+    write(temporary)
     os.replace(temporary, path)
 
 
