@@ -69,6 +69,8 @@ class PipelineResources:
     reports: ReportStore | None = None
     # Where the request sensor reads request files on an object store (None: <data dir>/requests)
     requests: StorageLocation | None = None
+    # Where erasure request files are read (None: <data dir>/erasures)
+    erasures_dir: Path | None = None
     # How the export job runs its steps (settings.EXECUTORS); not a resource, but deployment
     # wiring like them. A run's config still configures it (execution: config: ...).
     executor: str = DEFAULT_EXECUTOR
@@ -270,7 +272,8 @@ def build_definitions(
             build_contacts_asset(config, partitions),
             build_sync_asset(config, partitions),
             build_unsubscribes_asset(config),  # its own job: not upstream of the sync
-            build_erasures_asset(config),  # its own job and sensor: not upstream of the sync
+            # its own job and sensor: not upstream of the sync
+            build_erasures_asset(config, resources.erasures_dir),
         ]
         checks = [_config_problems_check(config)] if config.problems else []
     export_job = dg.define_asset_job(
@@ -286,7 +289,7 @@ def build_definitions(
         export_job, keys, note=note, cron=refresh_cron, timezone=refresh_timezone
     )
     unsubscribes_job, unsubscribes_schedule = build_unsubscribes_job_and_schedule(executor)
-    create_erasures_folder(config)
+    create_erasures_folder(resources.erasures_dir or config.erasures_dir)
     erasure_job = build_erasure_job(executor)
     return dg.Definitions(
         assets=assets,
@@ -296,7 +299,7 @@ def build_definitions(
         sensors=[
             build_profile_change_sensor(export_job, keys),
             build_export_request_sensor(export_job, config, resources.requests),
-            build_erasure_sensor(erasure_job, config),
+            build_erasure_sensor(erasure_job, config, resources.erasures_dir),
         ],
         resources=resources.as_dict(),
         executor=executor,

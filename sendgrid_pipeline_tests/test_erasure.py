@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import yaml
 
-from sendgrid_pipeline.assets.erasures import ERASURE_JOB
+from sendgrid_pipeline.assets.erasures import ERASURE_FILE_TAG, ERASURE_JOB
 from sendgrid_pipeline.config import load_config
 from sendgrid_pipeline.erasure import email_hash
 from sendgrid_pipeline.erasure_ledger import erasure_ledger
@@ -245,3 +245,19 @@ def test_a_bad_file_is_rejected_naming_file_row_and_field(
     notes = list((data_dir / "erasures" / "rejected").glob("bad.*.result.txt"))
     assert len(notes) == 1 and where in notes[0].read_text()
     assert [r for r in sandbox.requests if r.method in ("DELETE", "POST")] == []
+
+
+def test_the_sensor_asks_one_run_per_dropped_file_and_a_new_one_when_it_changes(
+    data_dir: Path,
+) -> None:
+    defs = definitions(data_dir)
+    sensor = defs.resolve_sensor_def("erasure_request_sensor")
+    drop_request(data_dir, "a.csv", "email\na@example.com\n")
+    drop_request(data_dir, ".hidden.csv", "email\nb@example.com\n")  # being written
+    drop_request(data_dir, "notes.txt", "not a request")
+    context = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), definitions=defs)
+    first = sensor.evaluate_tick(context).run_requests
+    assert [r.tags[ERASURE_FILE_TAG] for r in first] == ["a.csv"]
+    drop_request(data_dir, "a.csv", "email\na@example.com\nc@example.com\n")
+    second = sensor.evaluate_tick(context).run_requests
+    assert second[0].run_key != first[0].run_key

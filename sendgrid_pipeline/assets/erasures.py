@@ -39,11 +39,11 @@ REJECTED_DIR = "rejected"
 AUDIT_FOLDER = "reports/erasures"
 
 
-def create_erasures_folder(config: PipelineConfig) -> None:
-    """Create <data dir>/erasures/ where request files are dropped (a read-only data
-    directory still loads; the asset says why it cannot read it)."""
+def create_erasures_folder(folder: Path) -> None:
+    """Create the folder where request files are dropped (<data dir>/erasures/ by default; a
+    read-only data directory still loads, and the asset says why it cannot read it)."""
     with contextlib.suppress(OSError):
-        config.erasures_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def move_aside(folder: Path, name: str, subfolder: str, note: str) -> Path:
@@ -58,7 +58,10 @@ def move_aside(folder: Path, name: str, subfolder: str, note: str) -> Path:
     return moved
 
 
-def build_erasures_asset(config: PipelineConfig) -> dg.AssetsDefinition:
+def build_erasures_asset(config: PipelineConfig, folder: Path | None = None) -> dg.AssetsDefinition:
+    """The asset over `folder` (default: <data dir>/erasures/)."""
+    folder = folder or config.erasures_dir
+
     @dg.asset(
         name="sendgrid_erasures",
         group_name=COMPLIANCE_GROUP,
@@ -79,7 +82,6 @@ def build_erasures_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         report_store: ReportStore,
     ) -> dg.MaterializeResult:
         tags = context.run.tags
-        folder = config.erasures_dir
         wanted = tags.get(ERASURE_FILE_TAG)
         names = [wanted] if wanted else erasure_files(folder)
         names = [n for n in names if (folder / n).exists()]
@@ -187,8 +189,11 @@ def build_erasure_job(executor: dg.ExecutorDefinition) -> AssetJob:
     )
 
 
-def build_erasure_sensor(job: AssetJob, config: PipelineConfig) -> dg.SensorDefinition:
+def build_erasure_sensor(
+    job: AssetJob, config: PipelineConfig, folder: Path | None = None
+) -> dg.SensorDefinition:
     """Launches the erasure job once per dropped file (its name, size and mtime as run key)."""
+    folder = folder or config.erasures_dir
 
     @dg.sensor(
         name="erasure_request_sensor",
@@ -201,7 +206,6 @@ def build_erasure_sensor(job: AssetJob, config: PipelineConfig) -> dg.SensorDefi
         "it (erasures/rejected/, with the reason). A refused run leaves the file in place.",
     )
     def erasure_request_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        folder = config.erasures_dir
         requests = []
         for name in erasure_files(folder):
             try:

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import dagster as dg
+import polars as pl
 
+from sendgrid_pipeline.assets.erasures import ERASURE_JOB
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ConfigError, ProfileDataError
 from sendgrid_pipeline.io_manager import DestinationParquetIOManager
@@ -35,6 +37,7 @@ from sendgrid_pipeline.pipeline import (
     build_definitions,
     load_validated_config,
 )
+from sendgrid_pipeline.privacy import mask_email_expr
 from sendgrid_pipeline.profile_source import FileProfileSource
 from sendgrid_pipeline.schedules import refresh_all_tags
 from sendgrid_pipeline.sendgrid.resource import SendGridResource
@@ -196,7 +199,62 @@ def demo_resources(config: PipelineConfig, sandbox: SandboxServer, work: Path) -
         sync_state=SyncStateResource(directory=str(work / "state")),
         io_manager=DestinationParquetIOManager(base_dir=str(work / "storage")),
         profile_source=FileProfileSource(directory=str(config.profiles_dir)),
+        erasures_dir=work / "erasures",  # never the data directory's own requests
     )
+
+
+def _quiet_run(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, tags: dict[str, str], verbose: bool
+) -> dg.ExecuteInProcessResult:
+    """A run that prints nothing but its failures (Dagster's logs with --verbose)."""
+    level = "INFO" if verbose else "CRITICAL"
+    result = job.execute_in_process(
+        instance=instance,
+        tags=tags,
+        run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+        raise_on_error=False,
+    )
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            print(f"  {event.step_key}: {event.event_specific_data.error.message.strip()}")
+    return result
+
+
+def run_erasure(
+    defs: dg.Definitions,
+    config: PipelineConfig,
+    sandbox: SandboxServer,
+    instance: dg.DagsterInstance,
+    work: Path,
+    verbose: bool,
+) -> bool:
+    """Erase one person who is on two lists, then refresh: they are not added back."""
+    lists = {d.name: sandbox.list_member_emails(d.list_id) for d in config.destinations}
+    on_two = sorted(
+        e for e in set().union(*lists.values()) if sum(e in m for m in lists.values()) >= 2
+    )
+    if not on_two:
+        print("\nRun 3: no contact is on two lists; the erasure is not shown.")
+        return True
+    email = on_two[0]
+    shown = pl.DataFrame({"e": [email]}).select(mask_email_expr("e"))["e"][0]
+    names = [name for name, members in lists.items() if email in members]
+    (work / "erasures" / "demo-erasure.csv").write_text(f"email,requested_by\n{email},demo\n")
+    print(f"\nRun 3: erase {shown} (on {', '.join(names)}), as an erasure file asks", flush=True)
+    erased = _quiet_run(defs.resolve_job_def(ERASURE_JOB), instance, {}, verbose)
+    gone = all(email not in sandbox.list_member_emails(d.list_id) for d in config.destinations)
+    print(
+        f"  erasure {'succeeded' if erased.success else 'FAILED'}: off every list: {gone}, "
+        f"deleted from the account: {sandbox.contact(email) is None}; audited (emails hashed)"
+    )
+    tags = {**refresh_all_tags(config.destination_names), "sendgrid/trigger": "demo"}
+    refresh = _quiet_run(defs.resolve_job_def(EXPORT_JOB), instance, tags, verbose)
+    back = sandbox.contact(email) is not None
+    print(
+        f"Run 4: refresh with the person still in the profiles: "
+        f"{'RE-ADDED (wrong)' if back else 'not re-added'}"
+    )
+    return erased.success and refresh.success and gone and not back
 
 
 def load(root: Path) -> PipelineConfig | None:
@@ -245,13 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             print(f"SendGrid sandbox started at {sandbox.base_url} with {len(lists)} lists.")
             resources = demo_resources(config, sandbox, Path(work))
-            job = build_definitions(config, resources).resolve_job_def(EXPORT_JOB)
+            defs = build_definitions(config, resources)
+            job = defs.resolve_job_def(EXPORT_JOB)
             export = (job, keys, sandbox, instance, args.verbose)
             ok = run_export(
                 "Run 1: export every destination (one Dagster run)", *export, TABLE_NOTE
             )
             again = "Run 2: refresh again; nothing changed, so nothing should be sent"
             ok = run_export(again, *export) and ok
+            ok = run_erasure(defs, config, sandbox, instance, Path(work), args.verbose) and ok
         print("\nLists in the sandbox now:")
         for destination in config.destinations:
             members = sandbox.list_member_emails(destination.list_id)
