@@ -153,6 +153,25 @@ def test_exclude_suppressed_drops_an_unsubscribed_contact_from_its_list(data_dir
     assert contacts_metadata(result, name)["rejected_suppressed"] == 1
 
 
+def test_suppressing_much_of_a_list_at_once_meets_the_removal_brake(data_dir, sandbox) -> None:
+    name = "newsletter_eu"
+    list_id = load_config(data_dir).destination(name).list_id
+    instance = dg.DagsterInstance.ephemeral()
+    assert export(data_dir, sandbox, partitions=[name], instance=instance).success
+    sandbox.wait_for_idle()
+    on_list = sorted(sandbox.list_member_emails(list_id))
+    for email in on_list[: len(on_list) // 2]:
+        sandbox.add_suppression("bounces", email, int(time.time()) - 10, reason="550")
+    read_unsubscribes(data_dir, sandbox, instance)
+    edit_destinations(data_dir, exclude_suppressed=True)
+    sandbox.reset_request_log()
+    result = export(data_dir, sandbox, partitions=[name], instance=instance)
+    assert not result.success
+    assert "brake" in step_failure_messages(result)
+    assert [r for r in sandbox.requests if r.method in ("PUT", "DELETE")] == []
+    assert sorted(sandbox.list_member_emails(list_id)) == on_list
+
+
 def test_without_exclude_suppressed_the_contact_stays(data_dir, sandbox) -> None:
     name = "newsletter_eu"
     list_id = load_config(data_dir).destination(name).list_id
@@ -246,6 +265,50 @@ def test_generated_suppressions_are_read_completely_and_once(
         .drop("first_seen")
         .equals(frame.drop("first_seen"))
     )
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    page_size=st.sampled_from([1, 2, 5]),
+    before=st.lists(records, max_size=15),
+    after=st.lists(records, max_size=15),
+)
+def test_two_incremental_reads_hold_what_one_full_read_would(
+    shared_sandbox, page_size, before, after
+) -> None:
+    """Whatever arrives after the first read (created after its window's end, or late inside
+    the overlap) is in the frame after the second, once, with its newest time."""
+    sandbox = shared_sandbox
+    sandbox.clear_suppressions()
+    account = Account(ACCOUNT, tuple(ENDPOINT_KIND.values()), (), ("d",), ("email",))
+    first_end = T0 + OVERLAP_SECONDS + 100
+    expected: dict[tuple[str, str], int] = {}
+
+    def add(batch: list, base: int) -> None:
+        for endpoint, number, case, offset in batch:
+            key = (ENDPOINT_KIND[endpoint], spelled(number, "lower"))
+            if base + offset < expected.get(key, 0):
+                continue  # SendGrid's time only moves forward for an address
+            sandbox.add_suppression(endpoint, spelled(number, case), base + offset)
+            expected[key] = base + offset
+
+    add(before, first_end - 50)  # created within the first window
+    client = client_for(sandbox)
+    moment = dt.datetime.fromtimestamp(first_end, dt.UTC)
+    first = read_account(client, account, {}, moment, page_size=page_size)
+    frame = merge(empty_frame(), {ACCOUNT: first}, [account])
+    add(after, first_end - 40)  # late arrivals inside the overlap, and later ones
+    moment = dt.datetime.fromtimestamp(first_end + 200, dt.UTC)
+    second = read_account(client, account, first.watermarks, moment, page_size=page_size)
+    frame = merge(frame, {ACCOUNT: second}, [account])
+    got = {
+        (kind, email): int(created.timestamp())
+        for kind, email, created in frame.select("kind", "email", "created").iter_rows()
+    }
+    assert got == expected
+    assert frame.select("kind", "email").is_unique().all()
 
 
 def test_a_429_while_paging_is_retried_and_the_read_completes(shared_sandbox) -> None:
