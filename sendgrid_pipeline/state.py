@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import io
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -65,6 +67,13 @@ CREATE TABLE IF NOT EXISTS intents (
     run_id TEXT NOT NULL,
     job_id TEXT,  -- null until SendGrid accepted the request (202)
     created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS list_changes (  -- when a change of the list was last recorded
+    destination TEXT NOT NULL,
+    list_id TEXT NOT NULL,
+    changed_at TEXT NOT NULL,  -- ISO 8601, UTC
+    count_seen INTEGER,  -- the list's contact_count SendGrid reported after that change
+    PRIMARY KEY (destination, list_id)
 );
 CREATE TABLE IF NOT EXISTS snapshots (  -- the profiles snapshot of the last applied plan
     destination TEXT NOT NULL,
@@ -139,13 +148,27 @@ def _bump(db: sqlite3.Connection, destination: str, list_id: str) -> None:
         "DO UPDATE SET generation = generation + 1",
         (destination, list_id),
     )
+    db.execute(
+        "INSERT INTO list_changes VALUES (?, ?, ?, NULL) ON CONFLICT (destination, list_id) "
+        "DO UPDATE SET changed_at = excluded.changed_at, count_seen = NULL",
+        (destination, list_id, datetime.now(UTC).isoformat(timespec="microseconds")),
+    )
 
 
 class SyncStateStore:
-    """Transactional member and intent records, keyed by destination and list id."""
+    """Transactional member and intent records, keyed by destination and list id.
+
+    One SQLite connection serves every call of a store (a sync makes hundreds: opening one
+    per call was a third of a churn's sync step), opened on first use, shared by threads
+    under a lock, and closed by `close()` (a later call opens a new one).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._db_pid = 0  # a forked child never uses its parent's connection
+        self._db_lock = threading.RLock()
+        self.connections_opened = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -164,14 +187,12 @@ class SyncStateStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _create_or_migrate(self) -> None:
-        try:
-            db = sqlite3.connect(self.path, timeout=30)
+        with self._db_lock:
             try:
-                db.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
-            finally:
-                db.close()
-        except sqlite3.Error as error:
-            raise _explain(self.path, error) from None
+                self._connection().execute("PRAGMA journal_mode=WAL")  # stored in the file
+            except sqlite3.Error as error:
+                self.close()
+                raise _explain(self.path, error) from None
         with self._connect() as db:
             db.executescript(_SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(members)")}
@@ -179,20 +200,43 @@ class SyncStateStore:
                 db.execute("ALTER TABLE members ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0")
             self._adopt_old_pending(db)
 
+    def _connection(self) -> sqlite3.Connection:
+        """The store's one connection, opened on first use (the caller holds `_db_lock`)."""
+        if self._db is not None and self._db_pid == os.getpid():
+            return self._db
+        try:
+            db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            db.execute("PRAGMA synchronous=FULL")  # per connection; WAL is set at creation
+        except sqlite3.Error as error:
+            raise _explain(self.path, error) from None
+        self._db, self._db_pid = db, os.getpid()
+        self.connections_opened += 1
+        return db
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        try:
-            db = sqlite3.connect(self.path, timeout=30)
-        except sqlite3.Error as error:
-            raise _explain(self.path, error) from None
-        try:
-            db.execute("PRAGMA synchronous=FULL")  # per connection; WAL is set at creation
-            with db:  # one transaction; rolled back on any exception
-                yield db
-        except sqlite3.Error as error:
-            raise _explain(self.path, error) from None
-        finally:
-            db.close()
+        """One transaction on the store's connection; rolled back on any exception."""
+        with self._db_lock:
+            db = self._connection()
+            try:
+                with db:
+                    yield db
+            except sqlite3.Error as error:
+                self.close()  # a damaged file or a full disk: the next call starts afresh
+                raise _explain(self.path, error) from None
+
+    def close(self) -> None:
+        """Close the connection (idempotent; the store reopens one if it is used again)."""
+        with self._db_lock:
+            db, self._db = self._db, None
+            if db is not None and self._db_pid == os.getpid():
+                db.close()
+
+    def __enter__(self) -> SyncStateStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     @staticmethod
     def _adopt_old_pending(db: sqlite3.Connection) -> None:
@@ -294,6 +338,25 @@ class SyncStateStore:
     def is_known(self, destination: str, list_id: str) -> bool:
         """Whether this list's membership was ever read (reconciled) into the state."""
         return self.last_reconciled(destination, list_id) is not None
+
+    def last_change(self, destination: str, list_id: str) -> tuple[datetime, int | None] | None:
+        """When a change of this list was last recorded, and the list's count SendGrid
+        reported after it (None: not read since); None when no change is on record."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT changed_at, count_seen FROM list_changes "
+                "WHERE destination = ? AND list_id = ?",
+                (destination, list_id),
+            ).fetchone()
+        return (datetime.fromisoformat(row[0]), row[1]) if row else None
+
+    def record_count_seen(self, destination: str, list_id: str, count: int) -> None:
+        """The list's count as SendGrid reported it after this sync's changes."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE list_changes SET count_seen = ? WHERE destination = ? AND list_id = ?",
+                (count, destination, list_id),
+            )
 
     # -- intents (write-ahead) -------------------------------------------------------------
     def write_intent(
@@ -494,6 +557,16 @@ class ListState:
 
     def is_known(self) -> bool:
         return self.store.is_known(self.destination, self.list_id)
+
+    def last_change(self) -> tuple[datetime, int | None] | None:
+        return self.store.last_change(self.destination, self.list_id)
+
+    def record_count_seen(self, count: int) -> None:
+        self.store.record_count_seen(self.destination, self.list_id, count)
+
+    def close(self) -> None:
+        """Release the store's connection at the end of a sync (reopened if used again)."""
+        self.store.close()
 
     def record_contact_ids(self, ids: pl.DataFrame) -> None:
         self.store.record_contact_ids(self.destination, self.list_id, ids)

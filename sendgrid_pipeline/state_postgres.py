@@ -15,7 +15,7 @@ import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import polars as pl
@@ -67,6 +67,13 @@ CREATE TABLE IF NOT EXISTS sendgrid_intents (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sendgrid_intents_list ON sendgrid_intents (destination, list_id);
+CREATE TABLE IF NOT EXISTS sendgrid_list_changes (
+    destination TEXT NOT NULL,
+    list_id TEXT NOT NULL,
+    changed_at TEXT NOT NULL,
+    count_seen BIGINT,
+    PRIMARY KEY (destination, list_id)
+);
 CREATE TABLE IF NOT EXISTS sendgrid_snapshots (
     destination TEXT NOT NULL,
     list_id TEXT NOT NULL,
@@ -194,6 +201,12 @@ class PostgresSyncStateStore:
             "list_id) DO UPDATE SET generation = sendgrid_generations.generation + 1",
             (destination, list_id),
         )
+        cursor.execute(
+            "INSERT INTO sendgrid_list_changes VALUES (%s, %s, %s, NULL) ON CONFLICT "
+            "(destination, list_id) DO UPDATE SET changed_at = excluded.changed_at, "
+            "count_seen = NULL",
+            (destination, list_id, datetime.now(UTC).isoformat(timespec="microseconds")),
+        )
 
     def _delete_emails(self, cursor, destination: str, list_id: str, emails) -> None:
         cursor.execute(
@@ -289,6 +302,30 @@ class PostgresSyncStateStore:
             (destination, list_id),
         )
         return int(value or 0)
+
+    def last_change(self, destination: str, list_id: str) -> tuple[datetime, int | None] | None:
+        """When a change of this list was last recorded, and the list's count SendGrid
+        reported after it (None: not read since); None when no change is on record."""
+        with self._connect() as db, db.cursor() as cursor:
+            cursor.execute(
+                "SELECT changed_at, count_seen FROM sendgrid_list_changes "
+                "WHERE destination = %s AND list_id = %s",
+                (destination, list_id),
+            )
+            row = cursor.fetchone()
+        return (datetime.fromisoformat(row[0]), row[1]) if row else None
+
+    def record_count_seen(self, destination: str, list_id: str, count: int) -> None:
+        """The list's count as SendGrid reported it after this sync's changes."""
+        with self._connect() as db, db.cursor() as cursor:
+            cursor.execute(
+                "UPDATE sendgrid_list_changes SET count_seen = %s "
+                "WHERE destination = %s AND list_id = %s",
+                (count, destination, list_id),
+            )
+
+    def close(self) -> None:
+        """Nothing held between calls: each opens its own connection from the DSN."""
 
     def is_known(self, destination: str, list_id: str) -> bool:
         """Whether this list's membership was ever read (reconciled) into the state."""

@@ -72,6 +72,7 @@ class DestinationSync:
         self.run_id = run_id
         self.state = store.for_list(self.name, self.list_id)
         writes = WriteAhead(client, self.state, log, run_id, crash_hook or (lambda _step: None))
+        self.writes = writes
         self.upserts = Upserts(writes, self.options.max_contacts_per_upsert)
         self.removals = Removals(writes)
         self.recovery = Recovery(writes, self.upserts, self.removals)
@@ -85,8 +86,11 @@ class DestinationSync:
         Holds the list's lock from the first read to the last write: two syncs of one list
         never interleave (no contact sent twice, no leaver re-added by a stale plan).
         """
-        with self.state.lock(self.run_id, self.options.lock_wait_seconds):
-            return self._run(contacts)
+        try:
+            with self.state.lock(self.run_id, self.options.lock_wait_seconds):
+                return self._run(contacts)
+        finally:
+            self.state.close()  # the state's one connection for this sync
 
     def _run(self, contacts: pl.DataFrame) -> SyncReport:
         started = time.monotonic()
@@ -141,9 +145,12 @@ class DestinationSync:
         if not self.options.dry_run:
             if adopt.len():
                 self.state.adopt(adopt)
-            rejected.append(self.upserts.apply(plan, report))
-            rejected.append(self.removals.apply(plan, report))
+            # The removals are sent while the upserts' jobs run; one wait settles both.
+            upserts = self.upserts.submit(plan, report)
+            removals = self.removals.submit(plan, report)
+            rejected.append(self.writes.settle_together(upserts, removals))
             report.list_count_after = self._list_contact_count()
+            self.state.record_count_seen(report.list_count_after)
             if self.options.profiles_snapshot is not None:
                 self.state.record_snapshot(self.options.profiles_snapshot, self.run_id)
         else:

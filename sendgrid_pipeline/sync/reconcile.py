@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -19,6 +19,13 @@ from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.state import MEMBER_SCHEMA, ListState
 from sendgrid_pipeline.sync.options import SyncOptions
 from sendgrid_pipeline.transform import as_text, contact_json, number_custom_fields, number_text
+
+# SendGrid's list counts are eventually consistent: right after our own jobs a list's count
+# can still show the membership of some time ago, lower than what we recorded. Until this
+# long after the last change we recorded, a low count that has not fallen below the count
+# SendGrid reported right after that change is no evidence of a list edited in SendGrid; a
+# later sync reads the count again (and `reconcile_every` stays the safety net).
+COUNT_SETTLE = timedelta(minutes=10)
 
 
 class Reconciler:
@@ -32,8 +39,10 @@ class Reconciler:
         options: SyncOptions,
         custom_ids: dict[str, str],
         log: logging.Logger | logging.LoggerAdapter,
+        count_settle: timedelta = COUNT_SETTLE,
     ) -> None:
         self.client = client
+        self.count_settle = count_settle
         self.state = state
         self.destination = destination
         self.options = options
@@ -58,12 +67,35 @@ class Reconciler:
                 f"the state is older than the last sync (it records {generation} changes, the "
                 f"last sync reported {witnessed}): restored from an older backup?"
             )
-        if list_count < recorded.height:
+        if list_count < recorded.height and not self._count_settling(list_count, recorded):
             return f"the list holds {list_count} contacts but {recorded.height} are recorded"
         every = self.options.reconcile_every
         if every is not None and datetime.now(UTC) - last >= every:
             return f"last reconciled {last:%Y-%m-%d %H:%M} UTC, over {every.days} day(s) ago"
         return ""
+
+    def _count_settling(self, list_count: int, recorded: pl.DataFrame) -> bool:
+        """Whether a low count may only lag behind our own recent jobs (see COUNT_SETTLE):
+        our last change is recent, and the count is no lower than the one SendGrid reported
+        right after it (a count catching up never falls; one that fell was edited)."""
+        change = self.state.last_change()
+        if change is None:
+            return False
+        changed_at, count_seen = change
+        age = datetime.now(UTC) - changed_at
+        if age >= self.count_settle or count_seen is None or list_count < count_seen:
+            return False
+        self.log.info(
+            "%s: the list's count (%d) is below the %d recorded members %.0fs after our last "
+            "change, but not below the %d SendGrid reported right after it: taken as its "
+            "count still settling, not as an edit of the list",
+            self.destination.name,
+            list_count,
+            recorded.height,
+            age.total_seconds(),
+            count_seen,
+        )
+        return True
 
     def rebuild(self, desired: pl.DataFrame, recorded: pl.DataFrame, reason: str) -> pl.DataFrame:
         """Read the list's true membership and rebuild the record (kept in memory on dry runs)."""

@@ -23,7 +23,7 @@ from sendgrid_pipeline.sendgrid.errors import SendGridBadRequestError, SendGridN
 from sendgrid_pipeline.state import Intent
 from sendgrid_pipeline.sync.plan import SyncPlan
 from sendgrid_pipeline.sync.report import REJECTED_SCHEMA, SyncReport, no_rejections, rejections
-from sendgrid_pipeline.sync.write_ahead import WriteAhead
+from sendgrid_pipeline.sync.write_ahead import Submitted, WriteAhead
 
 
 class Removals:
@@ -34,8 +34,12 @@ class Removals:
 
     def apply(self, plan: SyncPlan, report: SyncReport) -> pl.DataFrame:
         """Resolve ids, submit every removal, then poll every job; returns unremoved rows."""
+        return self.writes.settle_together(self.submit(plan, report))
+
+    def submit(self, plan: SyncPlan, report: SyncReport) -> Submitted:
+        """Resolve ids and send every removal; their jobs are settled later."""
         if plan.removes.height == 0:
-            return no_rejections()
+            return Submitted([], lambda _intent, _job: None, [no_rejections()])
         removes, unresolved = self.resolve_ids(plan.removes)
         client, list_id = self.writes.client, self.writes.list_id
         submitted: list[Intent] = []
@@ -69,8 +73,7 @@ class Removals:
         def settle(intent: Intent, job: ImportJob) -> None:
             report.removed += self.settle(intent, job)
 
-        self.writes.poll_all(submitted, settle)
-        return pl.concat(unresolved)
+        return Submitted(submitted, settle, unresolved)
 
     def resolve_ids(self, removes: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
         """Resolve missing contact ids; forget contacts SendGrid no longer has.

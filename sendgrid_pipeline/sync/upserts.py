@@ -20,7 +20,7 @@ from sendgrid_pipeline.sendgrid.errors import SendGridBadRequestError, SendGridE
 from sendgrid_pipeline.state import Intent
 from sendgrid_pipeline.sync.plan import SyncPlan
 from sendgrid_pipeline.sync.report import SyncReport, no_rejections, rejections
-from sendgrid_pipeline.sync.write_ahead import WriteAhead
+from sendgrid_pipeline.sync.write_ahead import Submitted, WriteAhead
 
 
 class ErrorsFileError(PipelineError):
@@ -36,6 +36,10 @@ class Upserts:
 
     def apply(self, plan: SyncPlan, report: SyncReport) -> pl.DataFrame:
         """Submit every batch, then poll every job; returns the rows SendGrid rejected."""
+        return self.writes.settle_together(self.submit(plan, report))
+
+    def submit(self, plan: SyncPlan, report: SyncReport) -> Submitted:
+        """Send every batch of the plan's adds and updates; their jobs are settled later."""
         rows = plan.upserts.select("email", "contact_json")
         batches = list(
             iter_upsert_batches(
@@ -65,8 +69,7 @@ class Upserts:
             report.updated += job.count("updated_count")
             rejected.append(batch_rejected)
 
-        self.writes.poll_all(submitted, settle)
-        return pl.concat(rejected)
+        return Submitted(submitted, settle, rejected)
 
     def _submit(
         self,

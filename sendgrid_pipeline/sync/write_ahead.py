@@ -7,14 +7,28 @@ unrecorded; a crash anywhere leaves an intent the next sync settles (see `recove
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
 from sendgrid_pipeline.sendgrid.client import ImportJob, SendGridClient
 from sendgrid_pipeline.sendgrid.errors import SendGridError, SendGridJobError
 from sendgrid_pipeline.state import Intent, ListState
+
+
+@dataclass
+class Submitted:
+    """One kind of change sent, its jobs not yet settled: the intents in submission order,
+    how to settle each finished job, and the rows refused so far (settling adds to them)."""
+
+    intents: list[Intent]
+    settle: Callable[[Intent, ImportJob], None]
+    rejected: list[pl.DataFrame] = field(default_factory=list)
+
+
+_MAX_POLL_INTERVAL = 10.0  # seconds between two rounds of job status reads, at most
 
 
 @dataclass
@@ -59,19 +73,66 @@ class WriteAhead:
         self.crash_hook(f"{kind}_recorded")
         return Intent(intent_id, kind, rows, self.run_id, job_id)
 
-    def poll_all(self, intents: list[Intent], settle: Callable[[Intent, ImportJob], None]) -> None:
-        """Poll every submitted job, settling each as it ends; raise the first failure after.
+    def settle_together(self, *sets: Submitted) -> pl.DataFrame:
+        """Poll the jobs of every set as one (see poll_all); returns every rejected row.
 
-        Submitting every job before polling any lets SendGrid work on them in parallel.
+        Upserts and removals of one plan touch different contacts, so their jobs may run
+        side by side: the removals are sent while the upserts' jobs run, and one wait covers
+        both instead of one after the other.
         """
+        settle_by_intent = {i.intent_id: each.settle for each in sets for i in each.intents}
+        intents = sorted((i for each in sets for i in each.intents), key=lambda i: i.intent_id)
+        self.poll_all(intents, lambda intent, job: settle_by_intent[intent.intent_id](intent, job))
+        return pl.concat([frame for each in sets for frame in each.rejected])
+
+    def poll_all(self, intents: list[Intent], settle: Callable[[Intent, ImportJob], None]) -> None:
+        """Poll a set of submitted jobs together, settling each as it ends; raise the first
+        failure after the others are settled.
+
+        One back-off for the whole set: each round reads the jobs in the order they were
+        submitted up to the first one still running (later ones queue behind it), then
+        pauses; the pause grows only after a round in which no job ended. Polling each job
+        to its end in turn restarted the back-off per job: 515 status reads for 117 jobs.
+        A job that ends in no time at all (`job_timeout_seconds` since the last one that
+        ended) is left as an intent for the next run to settle.
+        """
+        client = self.client
         first_error: SendGridError | SendGridJobError | None = None
-        for intent in intents:
-            try:
-                job = self.client.wait_for_job(str(intent.job_id))
-            except (SendGridError, SendGridJobError) as error:
-                first_error = first_error or error  # left as an intent: the next run settles it
-                continue
-            self.crash_hook(f"{intent.kind}_confirmed")
-            settle(intent, job)
+        pending = list(intents)
+        interval = client.poll_interval_seconds
+        deadline = time.monotonic() + client.job_timeout_seconds
+        while pending:
+            running: list[Intent] = []
+            ended = 0
+            for intent in pending:
+                if running:  # an earlier job still runs: read the later ones next round
+                    running.append(intent)
+                    continue
+                try:
+                    job = client.get_job(str(intent.job_id))
+                except SendGridError as error:
+                    first_error = first_error or error  # left as an intent: the next run settles it
+                    continue
+                if not job.is_terminal:
+                    running.append(intent)
+                    continue
+                ended += 1
+                self.crash_hook(f"{intent.kind}_confirmed")
+                settle(intent, job)
+            pending = running
+            if not pending:
+                break
+            if ended:
+                deadline = time.monotonic() + client.job_timeout_seconds
+            else:
+                interval = min(interval * 1.5, _MAX_POLL_INTERVAL)
+            if time.monotonic() + interval > deadline:
+                first_error = first_error or SendGridJobError(
+                    f"{self.name}: SendGrid job {pending[0].job_id} (and {len(pending) - 1} "
+                    f"later) still running after {client.job_timeout_seconds:.0f}s; not "
+                    "recorded as done, so the next run checks them again"
+                )
+                break
+            client.pause(interval)
         if first_error is not None:
             raise first_error
