@@ -572,6 +572,10 @@ class SendGridClient:
             self._sleep(interval)
             interval = min(interval * 1.5, 10.0)
 
+    def pause(self, seconds: float) -> None:
+        """Wait between two polls (through the client's sleep, which tests replace)."""
+        self._sleep(seconds)
+
     def download(self, url: str) -> bytes:
         """Fetch a job's errors file or an export file (gzip is undone by requests or here).
 
