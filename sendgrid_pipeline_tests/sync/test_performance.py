@@ -61,7 +61,9 @@ def test_a_sync_uses_one_state_connection_and_closes_it(
     assert store.connections_opened == 1 and store._db is None
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(threads=st.integers(2, 6), per_thread=st.integers(1, 15))
 def test_threads_share_the_connection_safely(tmp_path: Path, threads: int, per_thread: int) -> None:
     path = tmp_path / f"state-{threads}-{per_thread}.sqlite"
