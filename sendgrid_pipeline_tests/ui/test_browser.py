@@ -174,7 +174,7 @@ def step_1_the_demo_left_nothing(page, stack: DagsterDevStack, shots: Path) -> N
     runs = stack.graphql(RUNS_QUERY)["runsOrError"]["results"]
     assert runs == [], f"the UI lists runs it did not launch: {runs}"
     nodes = stack.graphql(ANY_MATERIALIZATION)["assetsOrError"]["nodes"]
-    assert sorted(n["key"]["path"][0] for n in nodes) == sorted(ASSETS)
+    assert set(ASSETS) <= {n["key"]["path"][0] for n in nodes}  # other groups' assets besides
     assert [n for n in nodes if n["assetMaterializations"]] == []
 
     # The UI: no run listed, no destination partition of any asset materialized (the roots

@@ -57,6 +57,35 @@ query ($partitions: [String!]) {
 }
 """
 
+STEP_FAILURES = """
+query ($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run {
+      eventConnection {
+        events {
+          __typename
+          ... on ExecutionStepFailureEvent { stepKey error { message } }
+          ... on RunFailureEvent { message }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def failures(stack: DagsterDevStack, backfill: dict) -> list[str]:
+    """What made the backfill's runs fail, step by step: the assertion's explanation."""
+    found = []
+    for run in backfill.get("runs") or []:
+        events = stack.graphql(STEP_FAILURES, {"runId": run["runId"]})["runOrError"]
+        for event in events.get("eventConnection", {}).get("events", []):
+            if event["__typename"] == "ExecutionStepFailureEvent":
+                found.append(f"{event['stepKey']}: {event['error']['message']}")
+            elif event["__typename"] == "RunFailureEvent":
+                found.append(event["message"])
+    return found or [str(backfill)]
+
 
 def wait_for_backfill(stack: DagsterDevStack, backfill_id: str) -> dict:
     deadline = time.monotonic() + BACKFILL_TIMEOUT
@@ -85,7 +114,9 @@ def test_graphql_backfill_of_every_destination_completes(dagster_stack: DagsterD
 
     backfill = wait_for_backfill(dagster_stack, launched["backfillId"])
 
-    assert backfill["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, backfill
+    assert backfill["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, failures(
+        dagster_stack, backfill
+    )
     assert backfill["isAssetBackfill"] and backfill["numPartitions"] == len(names)
     # every asset over every destination in ONE run: the profiles read once (issue 12, item 5)
     assert len(backfill["runs"]) == 1, backfill["runs"]
