@@ -255,9 +255,27 @@ def test_the_sensor_asks_one_run_per_dropped_file_and_a_new_one_when_it_changes(
     drop_request(data_dir, "a.csv", "email\na@example.com\n")
     drop_request(data_dir, ".hidden.csv", "email\nb@example.com\n")  # being written
     drop_request(data_dir, "notes.txt", "not a request")
-    context = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), definitions=defs)
+    context = dg.build_sensor_context(
+        instance=dg.DagsterInstance.ephemeral(),
+        definitions=defs,
+        resources={"sync_state": resources_for(data_dir).sync_state},
+    )
     first = sensor.evaluate_tick(context).run_requests
     assert [r.tags[ERASURE_FILE_TAG] for r in first] == ["a.csv"]
     drop_request(data_dir, "a.csv", "email\na@example.com\nc@example.com\n")
     second = sensor.evaluate_tick(context).run_requests
     assert second[0].run_key != first[0].run_key
+
+    # no file, but a person an earlier run could not confirm: one retry run an hour
+    (data_dir / "erasures" / "a.csv").unlink()
+    assert sensor.evaluate_tick(context).run_requests == []
+    ledger = erasure_ledger(resources_for(data_dir).sync_state)
+    ledger.record(
+        pl.DataFrame(
+            {"email": ["p@example.com"], "customer_id": [None], "requested_by": [None]},
+            schema_overrides={"customer_id": pl.String, "requested_by": pl.String},
+        ),
+        "earlier.csv",
+    )
+    retry = sensor.evaluate_tick(context).run_requests
+    assert len(retry) == 1 and retry[0].run_key.startswith("retry-pending:")

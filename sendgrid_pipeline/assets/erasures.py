@@ -23,7 +23,8 @@ from sendgrid_pipeline.erasure import (
     read_erasure_file,
     resolve_subjects,
 )
-from sendgrid_pipeline.erasure_ledger import ERASED, erasure_ledger
+from sendgrid_pipeline.erasure_ledger import ERASED, PENDING, erasure_ledger
+from sendgrid_pipeline.errors import PipelineError
 from sendgrid_pipeline.io_manager import ReportStore
 from sendgrid_pipeline.privacy import mask_email_expr
 from sendgrid_pipeline.profile_source import ProfileSource
@@ -34,6 +35,7 @@ from sendgrid_pipeline.state import SyncStateResource
 COMPLIANCE_GROUP = "sendgrid_compliance"
 ERASURE_JOB = "sendgrid_erasure_job"
 ERASURE_FILE_TAG = "sendgrid/erasure_file"  # the one file a sensor run is for
+ERASURE_RETRY_TAG = "sendgrid/erasure_retry"  # a run for people an earlier run left pending
 ARCHIVE_DIR = "archive"
 REJECTED_DIR = "rejected"
 AUDIT_FOLDER = "reports/erasures"
@@ -203,9 +205,13 @@ def build_erasure_sensor(
         description="Drop a CSV erasure request (email and/or customer_id, optional action "
         "erase|withdraw, requested_by) into the data directory's erasures/ folder: it runs "
         "sendgrid_erasure_job once; the run archives the file (erasures/archive/) or rejects "
-        "it (erasures/rejected/, with the reason). A refused run leaves the file in place.",
+        "it (erasures/rejected/, with the reason). A refused run leaves the file in place. "
+        "While the erasure ledger holds people an earlier run could not confirm, it asks for "
+        "one retry run an hour.",
     )
-    def erasure_request_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def erasure_request_sensor(
+        context: dg.SensorEvaluationContext, sync_state: SyncStateResource
+    ) -> dg.SensorResult:
         requests = []
         for name in erasure_files(folder):
             try:
@@ -216,6 +222,18 @@ def build_erasure_sensor(
                 dg.RunRequest(
                     run_key=f"{name}:{info.st_size}:{info.st_mtime_ns}",
                     tags={ERASURE_FILE_TAG: name},
+                )
+            )
+        try:
+            pending = erasure_ledger(sync_state).subjects(PENDING).height
+        except PipelineError as error:  # the state cannot be read now: the next tick retries
+            context.log.warning(f"erasure ledger not readable: {error}")
+            pending = 0
+        if pending and not requests:  # a file's run does the pending people too
+            hour = datetime.now(UTC).strftime("%Y%m%dT%H")
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"retry-pending:{hour}", tags={ERASURE_RETRY_TAG: str(pending)}
                 )
             )
         return dg.SensorResult(run_requests=requests)
