@@ -100,6 +100,7 @@ class DestinationSync:
         recovered = self.recovery.settle_pending()
         uncertain = self.state.has_uncertain()
         recorded = self.state.members()
+        generation_read = self.state.generation()
         reason = self.reconciler.reason(recorded, before, uncertain)
         if reason:
             recorded = self.reconciler.rebuild(contacts, recorded, reason)
@@ -157,7 +158,12 @@ class DestinationSync:
             report.list_count_after = before
         report.rejected = pl.concat(rejected).unique("email", keep="last", maintain_order=True)
         report.state_generation = self.state.generation()
-        report.recorded_members = self.state.member_count()
+        if not reason and report.state_generation == generation_read:
+            # nothing recorded since the members were read (every change bumps the
+            # generation): no need to count a million rows again
+            report.recorded_members = recorded.height
+        else:
+            report.recorded_members = self.state.member_count()
         report.sample = plan.sample(
             customer_ids=contacts if "customer_id" in contacts.columns else None
         )

@@ -141,3 +141,16 @@ def test_a_count_lagging_behind_our_own_jobs_triggers_no_reconcile(tmp_path: Pat
         report = engine.run(people("ann", "bob", "cy"))
         assert "holds" in report.reconciled
         assert "export_start" in [r.kind for r in sandbox.requests]
+
+
+def test_the_recorded_count_is_reported_without_a_recount_only_when_nothing_changed(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "state.sqlite"
+    assert sync(sandbox, path, people("ann", "bob", "cy")).recorded_members == 3
+    unchanged = sync(sandbox, path, people("ann", "bob", "cy"))
+    assert unchanged.recorded_members == 3 and unchanged.plan.counts()["unchanged"] == 3
+    grown = sync(sandbox, path, people("ann", "bob", "cy", "dee", "eve"))
+    assert grown.recorded_members == 5 == len(recorded(path))
+    shrunk = sync(sandbox, path, people("ann", "bob", "cy", "dee"))
+    assert shrunk.recorded_members == 4 == len(recorded(path))
