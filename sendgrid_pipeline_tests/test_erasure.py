@@ -165,6 +165,8 @@ def test_a_lost_answer_ends_with_the_person_deleted_once(data_dir: Path, sandbox
     ledger = erasure_ledger(resources_for(data_dir, sandbox).sync_state)
     if not result.success:  # the person stays pending and blocked; the next run settles it
         assert ledger.subjects("pending")["email"].to_list() == [email]
+        audit = next((data_dir / "reports" / "erasures").glob("*.jsonl")).read_text()
+        assert '"kind": "contact_deletion"' in audit and email not in audit  # audited too
         again = run_erasure(data_dir, sandbox, instance)
         assert again.success, step_failure_messages(again)
     sandbox.wait_for_idle()

@@ -135,15 +135,15 @@ def build_erasures_asset(config: PipelineConfig, folder: Path | None = None) -> 
         for name, part in subjects.group_by("file", maintain_order=True):
             ledger.record(part, request=str(name[0]))  # write-ahead: blocked from now on
         outcome.recorded = subjects.height
-        engine.erase_pending(outcome)  # also what an earlier run left unconfirmed
-
-        steps = ledger.steps(context.run_id)
-        withdrawals = withdraw.select("email", "customer_id", "file", "requested_by")
-        audit = audit_lines(context.run_id, names, subjects, withdrawals, outcome, steps)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         location = report_store.location
-        audit_path = f"{AUDIT_FOLDER}/{stamp}.jsonl"
-        location.write_bytes(audit_path, audit)
+        audit_path = f"{AUDIT_FOLDER}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.jsonl"
+        try:
+            engine.erase_pending(outcome)  # also what an earlier run left unconfirmed
+        finally:  # a failed run is audited too: what was sent, with its job ids
+            steps = ledger.steps(context.run_id)
+            withdrawals = withdraw.select("email", "customer_id", "file", "requested_by")
+            audit = audit_lines(context.run_id, names, subjects, withdrawals, outcome, steps)
+            location.write_bytes(audit_path, audit)
         for name in names:
             if (folder / name).exists():
                 move_aside(folder, name, ARCHIVE_DIR, f"run {context.run_id}")
