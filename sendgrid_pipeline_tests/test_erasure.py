@@ -281,3 +281,20 @@ def test_the_sensor_asks_one_run_per_dropped_file_and_a_new_one_when_it_changes(
     )
     retry = sensor.evaluate_tick(context).run_requests
     assert len(retry) == 1 and retry[0].run_key.startswith("retry-pending:")
+
+
+def test_the_contact_deletion_keeps_sendgrids_published_contract(data_dir: Path) -> None:
+    from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
+    from sendgrid_pipeline_tests.devkit.sandbox.contract import Contract
+
+    contract = Contract()
+    lists = SandboxServer.lists_from_destinations_file(data_dir / "destinations.yaml")
+    with SandboxServer(lists=lists, job_delay_seconds=0.02, contract=contract) as sandbox:
+        instance = dg.DagsterInstance.ephemeral()
+        assert export(data_dir, sandbox, instance=instance).success
+        email, _ = on_two_lists(data_dir, sandbox)
+        drop_request(data_dir, "contract.csv", f"email\n{email}\n")
+        result = run_erasure(data_dir, sandbox, instance)
+        assert result.success, step_failure_messages(result)
+    assert contract.violations == [], "\n".join(map(str, contract.violations))
+    assert ("DELETE", "/v3/marketing/contacts") in {(m, p) for m, p in contract.checked}
