@@ -635,10 +635,6 @@ class SendGridClient:
         )
         return str(response.json()["job_id"])
 
-    def field_definitions(self) -> dict[str, Any]:
-        return self.make_request("GET", "/v3/marketing/field_definitions").json()
-
-    def create_field_definition(self, name: str, field_type: str) -> dict[str, Any]:
     def delete_contacts(self, contact_ids: list[str]) -> str:
         """Delete contacts from the account (and so from every list); returns the job id,
         which GET /v3/marketing/contacts/imports/{id} reports (job_type "delete").
@@ -668,6 +664,10 @@ class SendGridClient:
         response = self.make_request("POST", "/v3/recipients/erasejob", body=body)
         return str(response.json()["job_id"])
 
+    def field_definitions(self) -> dict[str, Any]:
+        return self.make_request("GET", "/v3/marketing/field_definitions").json()
+
+    def create_field_definition(self, name: str, field_type: str) -> dict[str, Any]:
         """Create a custom field ("Text", "Number" or "Date"); returns {id, name, field_type}."""
         return self.make_request(
             "POST",
