@@ -365,8 +365,17 @@ def test_a_backfill_of_every_asset_over_every_destination_is_one_run(
             for name in names:
                 record = latest_materialization(instance, dg.AssetKey(asset), name)
                 assert record.run_id == run.run_id, (asset, name)
-        # each partition of the shared roots shows its own destination's figures
+        # each partition of the shared roots shows its own destination's figures; the
+        # profiles' figures are those of the one read, and say so
+        profiles = pl.read_parquet(data_dir / "storage" / "unified_profiles.parquet").height
         for name in names:
+            read = metadata_values(
+                latest_materialization(instance, dg.AssetKey("unified_profiles"), name)
+            )
+            assert read["dagster/row_count"] == profiles, name
+            assert read["figures_cover"] == (
+                "every profile: one read shared by the destinations " + ", ".join(names)
+            )
             destination = config.destination(name)
             figures = metadata_values(
                 latest_materialization(instance, dg.AssetKey("segment_membership"), name)
