@@ -255,7 +255,11 @@ def test_padded_membership_ids_match_and_unmatched_ones_are_reported(data_dir, s
     for event in result.all_events:
         if event.event_type_value == "ASSET_MATERIALIZATION":
             record = event.event_specific_data.materialization
-            if record.asset_key.path == ["segment_membership"]:
+            # each partition shows its own destination's segments: churn_risk is winback_campaign's
+            if (
+                record.asset_key.path == ["segment_membership"]
+                and record.partition == "winback_campaign"
+            ):
                 metadata = {k: getattr(v, "value", v) for k, v in record.metadata.items()}
     assert metadata["segment_churn_risk"] == 2
     assert metadata["segment_churn_risk_unmatched_ids"] == 1
