@@ -84,14 +84,30 @@ class DeltaProfileSource(ProfileSource):
         lazy, _ = self._scan()
         return pl.Schema(self._target(self._source_schema(lazy), text_columns or set()))
 
-    def read(self, text_columns: set[str]) -> pl.DataFrame:
-        """Every profile of the snapshot; `text_columns` (and customer_id) as text."""
-        return self.read_located(text_columns).frame
+    def read(self, text_columns: set[str], columns: set[str] | None = None) -> pl.DataFrame:
+        """Every profile of the snapshot; `text_columns` (and customer_id) as text; with
+        `columns`, only those (and customer_id)."""
+        return self.read_located(text_columns, columns).frame
 
-    def read_located(self, text_columns: set[str]) -> LocatedRows:
-        """Like `read`; a row is named `Delta table version 3 row 12` (in scan order)."""
+    def read_located(self, text_columns: set[str], columns: set[str] | None = None) -> LocatedRows:
+        """Like `read`; a row is named `Delta table version 3 row 12` (in scan order).
+
+        With `columns`, the scan selects only those (the Parquet reads fetch no other column);
+        a column the table lacks is an error naming it and the version.
+        """
         lazy, version = self._scan()
         source = self._source_schema(lazy)
+        if columns is not None:
+            wanted = columns | {"customer_id"}
+            missing = sorted(wanted - set(source))
+            if missing:
+                shown = ", ".join(map(repr, list(source)[:20]))
+                raise ProfileDataError(
+                    f"{self.label}: version {version} has no column(s) "
+                    f"{', '.join(map(repr, missing))}; its columns: {shown}"
+                )
+            lazy = lazy.select([c for c in source if c in wanted])
+            source = pl.Schema({c: t for c, t in source.items() if c in wanted})
         texts = [
             as_text(column, dtype)
             for column, dtype in source.items()

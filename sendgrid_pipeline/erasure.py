@@ -178,12 +178,14 @@ def _check_rows(path: Path, rows: pl.DataFrame) -> None:
 def profile_emails(source: ProfileSource, destinations: Iterable[Destination]) -> pl.DataFrame:
     """(customer_id, email) of every profile, for each distinct mapped email (normalized).
 
-    Read straight from the profile source: only customer_id and the email sources matter.
+    Read straight from the profile source, projected: only customer_id and the columns the
+    email sources name are read (as text).
     """
     sources = sorted({d.field_mapping.email for d in destinations})
     if not sources:
         return pl.DataFrame(schema={"customer_id": pl.String, "email": pl.String})
-    profiles = source.read(set())
+    columns = {name for s in sources for name in value_expression(s).meta.root_names()}
+    profiles = source.read(columns, columns)
     parts = [
         profiles.lazy().select(
             pl.col("customer_id").cast(pl.String),

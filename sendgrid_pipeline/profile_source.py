@@ -93,12 +93,18 @@ class ProfileSource(dg.ConfigurableResource):
         """Column names and types without reading the rows (to validate the config)."""
 
     @abstractmethod
-    def read_located(self, text_columns: set[str]) -> Located:
-        """Every profile, and where each row came from."""
+    def read_located(self, text_columns: set[str], columns: set[str] | None = None) -> Located:
+        """Every profile, and where each row came from.
 
-    def read(self, text_columns: set[str]) -> pl.DataFrame:
-        """Every profile; `text_columns` (and customer_id) as text, never type-inferred."""
-        return self.read_located(text_columns).frame
+        `columns`: read only these (and customer_id), in the source's column order, the
+        projection pushed down to the reader; a column the source lacks is a ProfileDataError
+        naming it. None reads every column.
+        """
+
+    def read(self, text_columns: set[str], columns: set[str] | None = None) -> pl.DataFrame:
+        """Every profile; `text_columns` (and customer_id) as text, never type-inferred;
+        with `columns`, only those (and customer_id)."""
+        return self.read_located(text_columns, columns).frame
 
 
 @dataclass(frozen=True)
@@ -187,24 +193,49 @@ class FileProfileSource(ProfileSource):
                 merged.setdefault(column, dtype)
         return pl.Schema(merged)
 
-    def read_located(self, text_columns: set[str]) -> LocatedProfiles:
-        """Like `read`, and which rows came from which file (for errors naming the file)."""
+    def read_located(
+        self, text_columns: set[str], columns: set[str] | None = None
+    ) -> LocatedProfiles:
+        """Like `read`, and which rows came from which file (for errors naming the file).
+
+        With `columns`, each file reads only those it has (polars' projection: the other
+        CSV fields are not parsed, the other Parquet columns not fetched); a file without one
+        gives it nulls, as a full read does, and a column no file has is an error.
+        """
+        plans = self._plan(text_columns, columns)
+        wanted = None if columns is None else columns | {"customer_id"}
         parts = [
-            (plan.file, _read_csv(plan) if plan.is_csv else _read_parquet(plan))
-            for plan in self._plan(text_columns)
+            (plan.file, _read_csv(plan, wanted) if plan.is_csv else _read_parquet(plan, wanted))
+            for plan in plans
         ]
         frames = [frame for _, frame in parts]
         # Types already agree; only a numeric column widened while reading can still differ.
         frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
         return LocatedProfiles(frame, tuple((file, f.height) for file, f in parts))
 
-    def _plan(self, text_columns: set[str]) -> list[_FilePlan]:
+    def _plan(self, text_columns: set[str], columns: set[str] | None = None) -> list[_FilePlan]:
         files = self.files()
         if not files:
             raise ProfileDataError(f"{self.path}: no profile files (expected *.parquet or *.csv)")
         plans = [_plan_file(file, text_columns) for file in files]
-        _unify(self.path, plans)
+        if columns is not None:
+            _check_projection(self.path, plans, columns)
+        _unify(self.path, plans, None if columns is None else columns | {"customer_id"})
         return plans
+
+
+def _check_projection(directory: Path, plans: list[_FilePlan], columns: set[str]) -> None:
+    """A projected column must be in at least one file; the error names it and the files."""
+    present = {c for plan in plans for c in plan.schema}
+    missing = sorted(columns - present)
+    if missing:
+        names = ", ".join(plan.file.name for plan in plans[:10])
+        more = ", ..." if len(plans) > 10 else ""
+        shown = ", ".join(repr(c) for c in list(dict.fromkeys(present))[:20])
+        raise ProfileDataError(
+            f"{directory}: column(s) {', '.join(map(repr, missing))} in none of the profile "
+            f"files ({names}{more}); their columns: {shown}"
+        )
 
 
 def _plan_file(file: Path, text_columns: set[str]) -> _FilePlan:
@@ -232,11 +263,14 @@ def _plan_file(file: Path, text_columns: set[str]) -> _FilePlan:
         ) from None
 
 
-def _unify(directory: Path, plans: list[_FilePlan]) -> None:
-    """Give every column one type across the files (see the module docstring for the rules)."""
+def _unify(directory: Path, plans: list[_FilePlan], only: set[str] | None = None) -> None:
+    """Give every column (of `only`, when given: those read) one type across the files (see
+    the module docstring for the rules)."""
     if len(plans) < 2:
         return
     for column in dict.fromkeys(c for plan in plans for c in plan.schema):
+        if only is not None and column not in only:
+            continue
         having = [(p, p.target_schema()[column]) for p in plans if column in p.schema]
         if len({t for _, t in having}) == 1:
             continue
@@ -309,11 +343,19 @@ def _scan_csv(file: Path, overrides: dict[str, pl.DataType]) -> pl.LazyFrame:
     )
 
 
-def _read_csv(plan: _FilePlan) -> pl.DataFrame:
+def _projected(lazy: pl.LazyFrame, plan: _FilePlan, wanted: set[str] | None) -> pl.LazyFrame:
+    """The file's share of a projection, in its own column order (polars pushes it down)."""
+    if wanted is None:
+        return lazy
+    return lazy.select([c for c in plan.schema if c in wanted])
+
+
+def _read_csv(plan: _FilePlan, wanted: set[str] | None = None) -> pl.DataFrame:
     schema = plan.target_schema()  # types already inferred: the read does not infer again
     for _ in range(len(schema) + 1):
         try:
-            return pl.scan_csv(plan.file, schema=schema, try_parse_dates=True).collect()
+            lazy = pl.scan_csv(plan.file, schema=schema, try_parse_dates=True)
+            return _projected(lazy, plan, wanted).collect()
         except pl.exceptions.PolarsError as error:
             found = _PARSE_ERROR.search(str(error))
             if found and _widens_to_float(found["dtype"], _unquote(found["value"])):
@@ -324,10 +366,12 @@ def _read_csv(plan: _FilePlan) -> pl.DataFrame:
     raise ProfileDataError(f"{plan.file}: cannot read the profile file")  # pragma: no cover
 
 
-def _read_parquet(plan: _FilePlan) -> pl.DataFrame:
-    lazy = pl.scan_parquet(plan.file)
+def _read_parquet(plan: _FilePlan, wanted: set[str] | None = None) -> pl.DataFrame:
+    lazy = _projected(pl.scan_parquet(plan.file), plan, wanted)
     casts = []
     for column, dtype in plan.overrides.items():
+        if wanted is not None and column not in wanted:
+            continue
         source = plan.schema[column]
         if source == pl.Null or not plan.has_values.get(column, True):
             casts.append(pl.lit(None, dtype=dtype).alias(column))

@@ -373,14 +373,21 @@ class SqlProfileSource(ProfileSource):
         ).hexdigest()
         return digest[:16]
 
-    def read(self, text_columns: set[str]) -> pl.DataFrame:
-        """Every profile; `text_columns` (and customer_id) are cast to text in SQL."""
-        return self.read_located(text_columns).frame
+    def read(self, text_columns: set[str], columns: set[str] | None = None) -> pl.DataFrame:
+        """Every profile; `text_columns` (and customer_id) are cast to text in SQL; with
+        `columns`, only those (and customer_id) are selected."""
+        return self.read_located(text_columns, columns).frame
 
-    def read_located(self, text_columns: set[str]) -> LocatedRows:
-        """Like `read`; errors about a row name it as `query row N` (or `table ... row N`)."""
+    def read_located(self, text_columns: set[str], columns: set[str] | None = None) -> LocatedRows:
+        """Like `read`; errors about a row name it as `query row N` (or `table ... row N`).
+
+        With `columns`, the outer SELECT names only those (quoted), so the server plans the
+        query for them alone; a column the query or table lacks is an error naming it.
+        """
         with self._cursor() as cursor:
             plan = self._plan(cursor, text_columns)
+        if columns is not None:
+            plan = self._projected(plan, columns | {"customer_id"})
         select = ", ".join(
             f"q.{quote_identifier(c.name)}::{c.cast} AS {quote_identifier(c.name)}"
             if c.cast
@@ -408,6 +415,17 @@ class SqlProfileSource(ProfileSource):
                     f"unexpected column types from the {self.origin}", error
                 ) from None
         return LocatedRows(frame, self.origin)
+
+    def _projected(self, plan: list[_Column], wanted: set[str]) -> list[_Column]:
+        names = [column.name for column in plan]
+        missing = sorted(wanted - set(names))
+        if missing:
+            shown = ", ".join(map(repr, names[:20])) + (", ..." if len(names) > 20 else "")
+            raise ProfileDataError(
+                f"{self.label}: the {self.origin} has no column(s) "
+                f"{', '.join(map(repr, missing))}; its columns: {shown}"
+            )
+        return [column for column in plan if column.name in wanted]
 
     def _engine_uri(self) -> str:
         """The URI with a connect timeout (libpq's connect_timeout) unless it names one."""

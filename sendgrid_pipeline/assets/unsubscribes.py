@@ -145,8 +145,8 @@ def _customer_ids(
         for source_text in account.email_sources
         for name in _root_names(source_text)
     }
-    try:
-        profiles = source.read(columns)
+    try:  # only customer_id and the mapped email columns are read
+        profiles = source.read(columns, columns)
     except ProfileDataError as error:
         context.log.warning(f"customer ids left empty: {error}")
         return {}, False
