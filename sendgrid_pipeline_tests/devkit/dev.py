@@ -3,7 +3,8 @@
 Run history persists in DAGSTER_HOME (.dagster_home in the repository). The sandbox keeps no
 data between starts, so its sync state lives beside it and is cleared on every start. Once the
 UI answers, it says whether the code location loaded and which of the schedule and sensors
-are running (they start RUNNING by default; a stop made in the UI or CLI persists).
+are running (all but the suppressions schedule start RUNNING; a stop made in the UI or CLI
+persists).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def automation_report(url: str, ui: subprocess.Popen, home: Path, data: Path) ->
     if not states:
         return ["The code location has not loaded yet: see the UI's Deployment page."]
     return [
-        "Schedule and sensors (they start RUNNING; a stop or start persists in DAGSTER_HOME):",
+        "Schedules and sensors (as each one is now; a stop or start persists in DAGSTER_HOME):",
         *states,
         "  turn one off or on in the UI (Overview > Automation), or from a shell:",
         f"  DAGSTER_HOME={_shown_path(home)} {_shown_path(Path(sys.executable).parent)}/dagster "
