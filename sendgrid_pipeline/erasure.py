@@ -22,6 +22,7 @@ The order of one run:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -98,14 +99,26 @@ def read_erasure_file(path: Path) -> pl.DataFrame:
 
     Rows are 1-based data rows, the header not counted. Every value is read as text.
     """
-    name = path.name
     if path.is_symlink() or not path.is_file():
         raise ErasureFileError(f"{path}: not a regular file (links are never followed)")
     size = path.stat().st_size
     if size > MAX_ERASURE_FILE_BYTES:
         raise ErasureFileError(f"{path}: {size} bytes, over {MAX_ERASURE_FILE_BYTES} bytes")
+    with open(path, "rb") as handle:  # bounded: the file may grow after the size was read
+        data = handle.read(MAX_ERASURE_FILE_BYTES + 1)
+    if len(data) > MAX_ERASURE_FILE_BYTES:
+        raise ErasureFileError(f"{path}: over {MAX_ERASURE_FILE_BYTES} bytes")
+    return parse_erasure_file(str(path), path.name, data)
+
+
+def parse_erasure_file(where: str, name: str, data: bytes) -> pl.DataFrame:
+    """The rows of an erasure file's bytes (see read_erasure_file); `where` (its path or URL)
+    names it in errors, `name` in the rows' `file` column."""
+    path = where
     try:
-        raw = pl.read_csv(path, infer_schema=False, encoding="utf8", raise_if_empty=False)
+        raw = pl.read_csv(
+            io.BytesIO(data), infer_schema=False, encoding="utf8", raise_if_empty=False
+        )
     except (pl.exceptions.PolarsError, UnicodeDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ErasureFileError(f"{path}: not a comma-separated UTF-8 CSV file ({first})") from None
@@ -138,7 +151,7 @@ def read_erasure_file(path: Path) -> pl.DataFrame:
     return rows
 
 
-def _check_rows(path: Path, rows: pl.DataFrame) -> None:
+def _check_rows(path: str | Path, rows: pl.DataFrame) -> None:
     """The first bad row, named with its field (an email shown masked)."""
     email = pl.col("email")
     local_length = email.str.split("@").list.first().str.len_chars()

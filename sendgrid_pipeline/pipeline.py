@@ -71,6 +71,8 @@ class PipelineResources:
     requests: StorageLocation | None = None
     # Where erasure request files are read (None: <data dir>/erasures)
     erasures_dir: Path | None = None
+    # Where erasure request files are read on an object store (None: erasures_dir)
+    erasure_requests: StorageLocation | None = None
     # How the export job runs its steps (settings.EXECUTORS); not a resource, but deployment
     # wiring like them. A run's config still configures it (execution: config: ...).
     executor: str = DEFAULT_EXECUTOR
@@ -109,6 +111,7 @@ def default_resources(settings: Settings, config: PipelineConfig) -> PipelineRes
         profile_source=configured_profile_source(config),
         executor=settings.executor,
         requests=_stored_requests(settings),
+        erasure_requests=_stored_erasures(settings),
     )
 
 
@@ -137,6 +140,12 @@ def _stored_requests(settings: Settings) -> StorageLocation | None:
     """<storage base>/requests when the storage base is an object store."""
     base = StorageLocation(settings.storage_dir, environment=settings.storage_environment)
     return None if base.is_local else base.child("requests")
+
+
+def _stored_erasures(settings: Settings) -> StorageLocation | None:
+    """<storage base>/erasures when the storage base is an object store."""
+    base = StorageLocation(settings.storage_dir, environment=settings.storage_environment)
+    return None if base.is_local else base.child("erasures")
 
 
 EXECUTOR_DEFS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
@@ -273,7 +282,7 @@ def build_definitions(
             build_sync_asset(config, partitions),
             build_unsubscribes_asset(config),  # its own job: not upstream of the sync
             # its own job and sensor: not upstream of the sync
-            build_erasures_asset(config, resources.erasures_dir),
+            build_erasures_asset(config, resources.erasures_dir, resources.erasure_requests),
         ]
         checks = [_config_problems_check(config)] if config.problems else []
     export_job = dg.define_asset_job(
@@ -289,7 +298,8 @@ def build_definitions(
         export_job, keys, note=note, cron=refresh_cron, timezone=refresh_timezone
     )
     unsubscribes_job, unsubscribes_schedule = build_unsubscribes_job_and_schedule(executor)
-    create_erasures_folder(resources.erasures_dir or config.erasures_dir)
+    if resources.erasure_requests is None or resources.erasure_requests.is_local:
+        create_erasures_folder(resources.erasures_dir or config.erasures_dir)
     erasure_job = build_erasure_job(executor)
     return dg.Definitions(
         assets=assets,
@@ -299,7 +309,9 @@ def build_definitions(
         sensors=[
             build_profile_change_sensor(export_job, keys),
             build_export_request_sensor(export_job, config, resources.requests),
-            build_erasure_sensor(erasure_job, config, resources.erasures_dir),
+            build_erasure_sensor(
+                erasure_job, config, resources.erasures_dir, resources.erasure_requests
+            ),
         ],
         resources=resources.as_dict(),
         executor=executor,

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import dagster as dg
@@ -475,13 +475,21 @@ class _StoredRequests:
         return _request_from(name, raw, (after.version, after.last_modified.isoformat()), config)
 
     def move_aside(self, name: str, subfolder: str, note: dict) -> str:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        base = f"{_safe_stem(name)}.{stamp}-{uuid.uuid4().hex[:12]}"
-        self.location.write_bytes(
-            f"{subfolder}/{base}.result.json", json.dumps(note, indent=2).encode("utf-8")
-        )
-        self.location.rename(name, f"{subfolder}/{base}.json")
-        return f"{base}.json"
+        return move_object_aside(self.location, name, subfolder, note)
+
+
+def move_object_aside(location: StorageLocation, name: str, subfolder: str, note: dict) -> str:
+    """Move the object `name` into `subfolder` under a unique stamped name keeping its suffix
+    (.json, .csv), the <same name>.result.json note written first (an object store moves by
+    copy then delete). Returns the moved object's name. Used for request and erasure files."""
+    suffix = PurePosixPath(name).suffix
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = f"{_safe_stem(PurePosixPath(name).stem)}.{stamp}-{uuid.uuid4().hex[:12]}"
+    location.write_bytes(
+        f"{subfolder}/{base}.result.json", json.dumps(note, indent=2).encode("utf-8")
+    )
+    location.rename(name, f"{subfolder}/{base}{suffix}")
+    return f"{base}{suffix}"
 
 
 def _handle_request_file(

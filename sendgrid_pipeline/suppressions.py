@@ -1,6 +1,11 @@
 """Consent coming back: each SendGrid account's suppressions, kept incrementally in one Parquet.
 
-`<data dir>/suppressions/sendgrid_unsubscribes.parquet` holds one row per account, kind,
+Both files live on the report store's storage base (io_manager.ReportStore): with the default
+local layout that is the data directory, so `<data dir>/suppressions/...`; deployed with an
+object store, `<base>/suppressions/...`, which every run pod reaches. Each is replaced whole
+(a local temporary file renamed into place, or one PUT): a reader never sees half of one.
+
+`suppressions/sendgrid_unsubscribes.parquet` holds one row per account, kind,
 group and address (lowercase), with the customer ids the profiles give that address. Beside it,
 `sendgrid_unsubscribes.watermarks.json` records, per account and kind, the end of the last
 time window read completely; the next run asks from there less OVERLAP_SECONDS (SendGrid may
@@ -19,8 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +32,11 @@ import polars as pl
 
 from sendgrid_pipeline.config import Destination, PipelineConfig, value_expression
 from sendgrid_pipeline.errors import PipelineError
+from sendgrid_pipeline.object_storage import (
+    ObjectNotFoundError,
+    ObjectStorageError,
+    StorageLocation,
+)
 from sendgrid_pipeline.sendgrid.client import SendGridClient
 from sendgrid_pipeline.sendgrid.suppressions import read_group_suppressions, read_suppressions
 from sendgrid_pipeline.transform import as_text
@@ -35,8 +44,11 @@ from sendgrid_pipeline.transform import as_text
 OVERLAP_SECONDS = 3600
 GROUP_KIND = "group_unsubscribe"
 SUPPRESSED_REASON = "suppressed"
+FOLDER = "suppressions"  # under the storage base
 FILE_NAME = "sendgrid_unsubscribes.parquet"
 WATERMARKS_NAME = "sendgrid_unsubscribes.watermarks.json"
+FILE_PATH = f"{FOLDER}/{FILE_NAME}"
+WATERMARKS_PATH = f"{FOLDER}/{WATERMARKS_NAME}"
 UTC_TIME = pl.Datetime("us", "UTC")
 
 SCHEMA: dict[str, pl.DataType] = {
@@ -88,76 +100,81 @@ def accounts(config: PipelineConfig) -> list[Account]:
     ]
 
 
-def suppressions_dir(data_dir: Path) -> Path:
-    return data_dir / "suppressions"
+def _location(where: StorageLocation | Path) -> StorageLocation:
+    """The storage base of the files: a location, or a local directory (tests, scripts)."""
+    return where if isinstance(where, StorageLocation) else StorageLocation(where)
 
 
-def suppressions_path(data_dir: Path) -> Path:
-    return suppressions_dir(data_dir) / FILE_NAME
+def suppressions_path(where: StorageLocation | Path) -> str:
+    """The suppressions file's URL (a path on a local base), for messages and metadata."""
+    return _location(where).url_for(FILE_PATH)
 
 
-def watermarks_path(data_dir: Path) -> Path:
-    return suppressions_dir(data_dir) / WATERMARKS_NAME
+def watermarks_path(where: StorageLocation | Path) -> str:
+    return _location(where).url_for(WATERMARKS_PATH)
 
 
 def empty_frame() -> pl.DataFrame:
     return pl.DataFrame(schema=SCHEMA)
 
 
-def load_frame(data_dir: Path) -> pl.DataFrame:
+def load_frame(where: StorageLocation | Path) -> pl.DataFrame:
     """The stored suppressions (empty before the first run)."""
-    path = suppressions_path(data_dir)
-    if not path.exists():
-        return empty_frame()
+    location = _location(where)
+    url = location.url_for(FILE_PATH)
     try:
-        frame = pl.read_parquet(path)
-    except Exception as error:
+        frame = location.read_parquet(FILE_PATH)
+    except ObjectNotFoundError:
+        return empty_frame()
+    except ObjectStorageError as error:  # names the URL, never a credential
         raise SuppressionStateError(
-            f"{path}: cannot read the stored suppressions ({type(error).__name__}: {error}); "
-            "delete it and its watermarks file to read every suppression again"
+            f"{error}; cannot read the stored suppressions: if {url} is damaged, delete it and "
+            "its watermarks file to read every suppression again"
         ) from None
     missing = [name for name in SCHEMA if name not in frame.columns]
     if missing:
-        raise SuppressionStateError(f"{path}: missing columns {missing}")
+        raise SuppressionStateError(f"{url}: missing columns {missing}")
     return frame.select(list(SCHEMA)).cast(SCHEMA)
 
 
-def load_watermarks(data_dir: Path) -> dict[str, dict[str, int]]:
+def load_watermarks(where: StorageLocation | Path) -> dict[str, dict[str, int]]:
     """account -> kind -> end of the last window read completely (unix seconds)."""
-    path = watermarks_path(data_dir)
-    if not path.exists():
-        return {}
+    location = _location(where)
+    url = location.url_for(WATERMARKS_PATH)
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        data = location.read_bytes(WATERMARKS_PATH)
+    except ObjectNotFoundError:
+        return {}
+    except ObjectStorageError as error:
+        raise SuppressionStateError(f"{error}; cannot read the suppressions' watermarks") from None
+    try:
+        document = json.loads(data.decode("utf-8"))
         return {
             str(account): {str(kind): int(mark) for kind, mark in marks.items()}
             for account, marks in document["accounts"].items()
         }
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise SuppressionStateError(
-            f"{path}: not a watermarks file ({type(error).__name__}); delete it to read every "
+            f"{url}: not a watermarks file ({type(error).__name__}); delete it to read every "
             "suppression again"
         ) from None
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Write beside the file, then rename: a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def store(data_dir: Path, frame: pl.DataFrame, watermarks: dict[str, dict[str, int]]) -> Path:
-    """Write the frame, then the watermarks: a crash between them re-reads a window, no more."""
-    directory = suppressions_dir(data_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = suppressions_path(data_dir)
-    _write_atomically(path, lambda target: frame.write_parquet(target))
+def store(
+    where: StorageLocation | Path, frame: pl.DataFrame, watermarks: dict[str, dict[str, int]]
+) -> str:
+    """Write the frame, then the watermarks (each replaced whole): a crash between them
+    re-reads a window, no more. Returns the frame's URL (a path on a local base)."""
+    location = _location(where)
     document = json.dumps({"accounts": watermarks}, indent=2, sort_keys=True)
-    _write_atomically(
-        watermarks_path(data_dir), lambda target: target.write_text(document, encoding="utf-8")
-    )
-    return path
+    try:
+        location.write_parquet(frame, FILE_PATH)
+        location.write_bytes(WATERMARKS_PATH, document.encode("utf-8"))
+    except ObjectStorageError as error:
+        failure = SuppressionStateError(f"{error}; the suppressions were not stored")
+        failure.retryable = True  # nothing was lost: the next run reads the same windows
+        raise failure from None
+    return location.url_for(FILE_PATH)
 
 
 @dataclass
@@ -332,18 +349,20 @@ def with_customer_ids(frame: pl.DataFrame, ids_by_account: dict[str, pl.DataFram
     return pl.concat(parts) if parts else empty_frame()
 
 
-def suppressed_contacts(data_dir: Path, api_key_env: str) -> pl.DataFrame:
+def suppressed_contacts(where: StorageLocation | Path, api_key_env: str) -> pl.DataFrame:
     """Do-not-export rows (email, customer_id, reason 'suppressed') of one account.
 
+    `where`: the storage base the sendgrid_unsubscribes asset writes to (the report store's).
     Matched by email only (customer_id stays null): SendGrid suppresses an address, so a
     customer who moves to a new address may be exported at that one.
     """
-    if not suppressions_path(data_dir).exists():
+    location = _location(where)
+    if not location.exists(FILE_PATH):
         log.warning(
-            f"{suppressions_path(data_dir)} does not exist yet: nothing is excluded as "
+            f"{location.url_for(FILE_PATH)} does not exist yet: nothing is excluded as "
             "suppressed until the sendgrid_unsubscribes asset has run"
         )
-    frame = load_frame(data_dir)
+    frame = load_frame(location)
     return (
         frame.filter(pl.col("account") == api_key_env)
         .select(

@@ -27,6 +27,7 @@ from sendgrid_pipeline.checks import (
 from sendgrid_pipeline.config import SENDGRID_FIELD_MAX_LENGTH, Destination, PipelineConfig
 from sendgrid_pipeline.erasure_ledger import erasure_ledger
 from sendgrid_pipeline.io_manager import ReportStore
+from sendgrid_pipeline.object_storage import StorageLocation
 from sendgrid_pipeline.privacy import mask_email_expr
 from sendgrid_pipeline.state import SyncStateResource
 from sendgrid_pipeline.suppressions import suppressed_contacts
@@ -93,13 +94,14 @@ def store_rejected_report(
 def do_not_export_frames(
     sync_state: SyncStateResource,
     destinations: list[Destination],
-    data_dir: Path | None = None,
+    data_dir: Path | StorageLocation | None = None,
 ) -> dict[str, pl.DataFrame]:
     """Per destination: the people it must not export (transform.DO_NOT_EXPORT_SCHEMA).
 
     Every source of exclusions adds its rows here, with its own reason: erasures (the
     erasure ledger, reason `erased`) apply to every destination; SendGrid's suppressions of
-    the destination's account (<data dir>/suppressions, reason `suppressed`) to those with
+    the destination's account (suppressions/ under `data_dir`: the report store's location,
+    where sendgrid_unsubscribes writes them; reason `suppressed`) to those with
     exclude_suppressed: true.
     """
     erased = erasure_ledger(sync_state).blocked()
@@ -182,7 +184,7 @@ def build_contacts_asset(
         excluded = do_not_export_frames(
             sync_state,
             [config.destination(key) for key in context.partition_keys],
-            config.data_dir,
+            report_store.location,  # where sendgrid_unsubscribes stores the suppressions
         )
         for key in context.partition_keys:
             destination = config.destination(key)

@@ -1,5 +1,11 @@
 """sendgrid_erasures: erasure requests carried out in SendGrid (see sendgrid_pipeline.erasure),
-its job, and the sensor that launches it when a request file is dropped."""
+its job, and the sensor that launches it when a request file is dropped.
+
+Request files are read where export request files are: `<data dir>/erasures/` (a local folder:
+links never followed), or `<storage base>/erasures/` when the storage base is an object store,
+so that the sensor and every run pod see the same files (see pipeline.PipelineResources). A
+processed file moves to archive/, a refused one to rejected/, each with a note beside it.
+"""
 
 import contextlib
 import os
@@ -13,12 +19,14 @@ from sendgrid_pipeline.assets.common import OWNERS, table_metadata
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.erasure import (
     ALLOW_MASS_ERASURE_TAG,
+    MAX_ERASURE_FILE_BYTES,
     ErasureEngine,
     ErasureFileError,
     ErasureOutcome,
     audit_lines,
     check_erasure_brake,
     erasure_files,
+    parse_erasure_file,
     profile_emails,
     read_erasure_file,
     resolve_subjects,
@@ -26,10 +34,16 @@ from sendgrid_pipeline.erasure import (
 from sendgrid_pipeline.erasure_ledger import ERASED, PENDING, erasure_ledger
 from sendgrid_pipeline.errors import PipelineError
 from sendgrid_pipeline.io_manager import ReportStore
+from sendgrid_pipeline.object_storage import (
+    ObjectNotFoundError,
+    ObjectStorageError,
+    StorageLocation,
+)
 from sendgrid_pipeline.privacy import mask_email_expr
 from sendgrid_pipeline.profile_source import ProfileSource
 from sendgrid_pipeline.schedules import AssetJob
 from sendgrid_pipeline.sendgrid.resource import SendGridResource
+from sendgrid_pipeline.sensors import move_object_aside
 from sendgrid_pipeline.state import SyncStateResource
 
 COMPLIANCE_GROUP = "sendgrid_compliance"
@@ -60,16 +74,111 @@ def move_aside(folder: Path, name: str, subfolder: str, note: str) -> Path:
     return moved
 
 
-def build_erasures_asset(config: PipelineConfig, folder: Path | None = None) -> dg.AssetsDefinition:
-    """The asset over `folder` (default: <data dir>/erasures/)."""
-    folder = folder or config.erasures_dir
+class LocalErasureRequests:
+    """Erasure files in a local folder (links never followed; moves are renames)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.where = str(folder)
+
+    def names(self) -> list[str]:
+        return erasure_files(self.folder)
+
+    def url_for(self, name: str) -> str:
+        return str(self.folder / name)
+
+    def drop_key(self, name: str) -> str | None:
+        """Name, size and mtime: a new key when the file is dropped again or rewritten."""
+        try:
+            info = (self.folder / name).stat()
+        except OSError:
+            return None  # gone meanwhile
+        return f"{name}:{info.st_size}:{info.st_mtime_ns}"
+
+    def read(self, name: str) -> pl.DataFrame | None:
+        """The file's rows; None when it is gone (another run took it)."""
+        if not (self.folder / name).exists():
+            return None
+        return read_erasure_file(self.folder / name)
+
+    def move_aside(self, name: str, subfolder: str, note: str) -> str:
+        if not (self.folder / name).exists():
+            return ""
+        moved = move_aside(self.folder, name, subfolder, note)
+        return f"{moved.parent.name}/{moved.name}"
+
+
+class StoredErasureRequests:
+    """Erasure files under a prefix of an object store (`<storage base>/erasures`): read in
+    one bounded GET, moved aside with the request sensor's own `move_object_aside`."""
+
+    def __init__(self, location: StorageLocation) -> None:
+        self.location = location
+        self.where = location.url
+
+    def names(self) -> list[str]:
+        """CSV objects directly under the prefix (name order); archive/ and rejected/ are not."""
+        return [n for n in self.location.list() if "/" not in n and n.endswith(".csv")]
+
+    def url_for(self, name: str) -> str:
+        return self.location.url_for(name)
+
+    def drop_key(self, name: str) -> str | None:
+        """Name, size and version (ETag): a new key when the object is rewritten."""
+        try:
+            info = self.location.info(name)
+        except ObjectNotFoundError:
+            return None
+        return f"{name}:{info.size}:{info.version}"
+
+    def read(self, name: str) -> pl.DataFrame | None:
+        url = self.location.url_for(name)
+        try:
+            data = self.location.read_bytes(name, max_bytes=MAX_ERASURE_FILE_BYTES)
+        except ObjectNotFoundError:
+            return None
+        except ObjectStorageError as error:
+            if f"larger than {MAX_ERASURE_FILE_BYTES} bytes" in str(error):
+                raise ErasureFileError(f"{url}: over {MAX_ERASURE_FILE_BYTES} bytes") from None
+            raise
+        return parse_erasure_file(url, name, data)
+
+    def move_aside(self, name: str, subfolder: str, note: str) -> str:
+        if not self.location.exists(name):
+            return ""
+        note_of = {"error": note} if subfolder == REJECTED_DIR else {"result": note}
+        return f"{subfolder}/{move_object_aside(self.location, name, subfolder, note_of)}"
+
+
+ErasureRequests = LocalErasureRequests | StoredErasureRequests
+
+
+def erasure_requests(
+    config: PipelineConfig, folder: Path | None = None, location: StorageLocation | None = None
+) -> ErasureRequests:
+    """Where request files are read: `location` when it is on an object store, else `folder`
+    (default: <data dir>/erasures/)."""
+    if location is not None and not location.is_local:
+        return StoredErasureRequests(location)
+    return LocalErasureRequests(folder or config.erasures_dir)
+
+
+def build_erasures_asset(
+    config: PipelineConfig,
+    folder: Path | None = None,
+    location: StorageLocation | None = None,
+) -> dg.AssetsDefinition:
+    """The asset over `location` (an object store's erasures/ prefix) or `folder` (default:
+    <data dir>/erasures/)."""
+    requests = erasure_requests(config, folder, location)
 
     @dg.asset(
         name="sendgrid_erasures",
         group_name=COMPLIANCE_GROUP,
         owners=OWNERS,
         kinds={"polars", "sendgrid"},
-        description="Carries out the erasure requests dropped in <data dir>/erasures/ (CSV: "
+        description="Carries out the erasure requests dropped in <data dir>/erasures/ (the "
+        "storage base's erasures/ prefix on an object store; CSV: "
         "email and/or customer_id, optional action erase|withdraw and requested_by): records "
         "the people in the erasure ledger first (no sync exports them again), removes them from "
         "every managed list, deletes them from each account's contacts and, where "
@@ -85,16 +194,19 @@ def build_erasures_asset(config: PipelineConfig, folder: Path | None = None) -> 
     ) -> dg.MaterializeResult:
         tags = context.run.tags
         wanted = tags.get(ERASURE_FILE_TAG)
-        names = [wanted] if wanted else erasure_files(folder)
-        names = [n for n in names if (folder / n).exists()]
-        rows, rejected = [], []
-        for name in names:
+        rows, rejected, names = [], [], []
+        for name in [wanted] if wanted else requests.names():
             try:
-                rows.append(read_erasure_file(folder / name))
+                read = requests.read(name)
             except ErasureFileError as error:
+                names.append(name)
                 rejected.append(str(error))
-                moved = move_aside(folder, name, REJECTED_DIR, str(error))
-                context.log.error(f"{error} (moved to {moved.parent.name}/{moved.name})")
+                moved = requests.move_aside(name, REJECTED_DIR, str(error))
+                context.log.error(f"{error} (moved to {moved})")
+                continue
+            if read is not None:  # None: gone meanwhile (another run took it)
+                names.append(name)
+                rows.append(read)
         frame = pl.concat(rows) if rows else read_empty()
         erase = frame.filter(pl.col("action") == "erase")
         withdraw = frame.filter(pl.col("action") == "withdraw")
@@ -104,12 +216,12 @@ def build_erasures_asset(config: PipelineConfig, folder: Path | None = None) -> 
         if unknown.height:
             first = unknown.row(0, named=True)
             message = (
-                f"{folder / first['file']}: row {first['row']}, field customer_id: "
+                f"{requests.url_for(first['file'])}: row {first['row']}, field customer_id: "
                 f"{first['customer_id'][:60]!r} has no profile and the row gives no email "
                 f"({unknown.height} such rows); nothing was erased. Add the email to the row."
             )
             for name in sorted(set(unknown["file"])):
-                move_aside(folder, name, REJECTED_DIR, message)
+                requests.move_aside(name, REJECTED_DIR, message)
             raise ErasureFileError(message)
 
         ledger = erasure_ledger(sync_state)
@@ -144,12 +256,12 @@ def build_erasures_asset(config: PipelineConfig, folder: Path | None = None) -> 
             withdrawals = withdraw.select("email", "customer_id", "file", "requested_by")
             audit = audit_lines(context.run_id, names, subjects, withdrawals, outcome, steps)
             location.write_bytes(audit_path, audit)
-        for name in names:
-            if (folder / name).exists():
-                move_aside(folder, name, ARCHIVE_DIR, f"run {context.run_id}")
+        for name in names:  # a rejected file is no longer there: moving it does nothing
+            requests.move_aside(name, ARCHIVE_DIR, f"run {context.run_id}")
         if rejected:
             raise ErasureFileError(
-                f"{len(rejected)} erasure file(s) rejected, moved to {folder / REJECTED_DIR} "
+                f"{len(rejected)} erasure file(s) rejected, moved to "
+                f"{requests.where}/{REJECTED_DIR} "
                 "(the other files were carried out): " + " | ".join(rejected)
             )
         sample = pl.DataFrame({"email": outcome.erased[:20]}, schema={"email": pl.String})
@@ -187,15 +299,20 @@ def build_erasure_job(executor: dg.ExecutorDefinition) -> AssetJob:
         ERASURE_JOB,
         selection=dg.AssetSelection.assets("sendgrid_erasures"),
         executor_def=executor,
-        description="Carries out the erasure requests waiting in <data dir>/erasures/.",
+        description="Carries out the erasure requests waiting in <data dir>/erasures/ (or "
+        "the storage base's erasures/ prefix on an object store).",
     )
 
 
 def build_erasure_sensor(
-    job: AssetJob, config: PipelineConfig, folder: Path | None = None
+    job: AssetJob,
+    config: PipelineConfig,
+    folder: Path | None = None,
+    location: StorageLocation | None = None,
 ) -> dg.SensorDefinition:
-    """Launches the erasure job once per dropped file (its name, size and mtime as run key)."""
-    folder = folder or config.erasures_dir
+    """Launches the erasure job once per dropped file (its name, size and mtime or version as
+    run key), over `location` on an object store, else `folder` (<data dir>/erasures/)."""
+    requests_source = erasure_requests(config, folder, location)
 
     @dg.sensor(
         name="erasure_request_sensor",
@@ -203,7 +320,8 @@ def build_erasure_sensor(
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Drop a CSV erasure request (email and/or customer_id, optional action "
-        "erase|withdraw, requested_by) into the data directory's erasures/ folder: it runs "
+        "erase|withdraw, requested_by) into the data directory's erasures/ folder (the "
+        "storage base's erasures/ prefix on an object store): it runs "
         "sendgrid_erasure_job once; the run archives the file (erasures/archive/) or rejects "
         "it (erasures/rejected/, with the reason). A refused run leaves the file in place. "
         "While the erasure ledger holds people an earlier run could not confirm, it asks for "
@@ -213,17 +331,20 @@ def build_erasure_sensor(
         context: dg.SensorEvaluationContext, sync_state: SyncStateResource
     ) -> dg.SensorResult:
         requests = []
-        for name in erasure_files(folder):
+        try:
+            names = requests_source.names()
+        except ObjectStorageError as error:  # names the URL; the next tick tries again
+            context.log.warning(f"cannot list {requests_source.where}: {error}")
+            names = []
+        for name in names:
             try:
-                info = (folder / name).stat()
-            except OSError:
+                key = requests_source.drop_key(name)
+            except (ObjectStorageError, ValueError) as error:  # an odd object name, or I/O
+                context.log.warning(f"{requests_source.where}: {name[:100]!r} skipped: {error}")
+                continue
+            if key is None:
                 continue  # gone meanwhile
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"{name}:{info.st_size}:{info.st_mtime_ns}",
-                    tags={ERASURE_FILE_TAG: name},
-                )
-            )
+            requests.append(dg.RunRequest(run_key=key, tags={ERASURE_FILE_TAG: name}))
         try:
             pending = erasure_ledger(sync_state).subjects(PENDING).height
         except PipelineError as error:  # the state cannot be read now: the next tick retries

@@ -1,7 +1,9 @@
 """sendgrid_unsubscribes: consent coming back from SendGrid, as a frame the CDP can consume.
 
 Not part of the export: it has its own job and schedule, and the sync does not wait for it. A
-destination with `exclude_suppressed: true` reads the stored frame in its contacts step.
+destination with `exclude_suppressed: true` reads the stored frame in its contacts step. The
+frame lives on the report store's base (`<data dir>/suppressions/` locally, `<base>/suppressions/`
+on an object store), where every run pod finds it.
 """
 
 import datetime as dt
@@ -12,6 +14,7 @@ import polars as pl
 from sendgrid_pipeline.assets.common import OWNERS, table_metadata
 from sendgrid_pipeline.config import PipelineConfig, value_expression
 from sendgrid_pipeline.errors import ProfileDataError
+from sendgrid_pipeline.io_manager import ReportStore
 from sendgrid_pipeline.privacy import mask_email_expr
 from sendgrid_pipeline.profile_source import ProfileSource
 from sendgrid_pipeline.schedules import AssetJob
@@ -53,20 +56,22 @@ def build_unsubscribes_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         kinds={"polars", "sendgrid", "parquet"},
         description="Each SendGrid account's suppressions (global unsubscribes, bounces, spam "
         "reports, invalid emails, optionally blocks, and the unsubscribes of the configured "
-        "unsubscribe groups), read incrementally by time and kept in <data dir>/suppressions/"
-        "sendgrid_unsubscribes.parquet: one row per account, kind, group and lowercase email, "
-        "with the customer ids the profiles give that email. Destinations with "
+        "unsubscribe groups), read incrementally by time and kept in suppressions/"
+        "sendgrid_unsubscribes.parquet on the report storage (the data directory by default, "
+        "the storage base on an object store): one row per account, kind, group and "
+        "lowercase email, with the customer ids the profiles give that email. Destinations with "
         "exclude_suppressed: true stop exporting these contacts.",
     )
     def sendgrid_unsubscribes(
         context: dg.AssetExecutionContext,
         sendgrid: SendGridResource,
         profile_source: ProfileSource,
+        report_store: ReportStore,
     ) -> dg.MaterializeResult:
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        data_dir = config.data_dir
-        previous = load_frame(data_dir)
-        watermarks = load_watermarks(data_dir)
+        location = report_store.location  # shared by every run pod when on an object store
+        previous = load_frame(location)
+        watermarks = load_watermarks(location)
         configured = accounts(config)
         reads: dict[str, AccountRead] = {}
         requests = 0
@@ -94,8 +99,8 @@ def build_unsubscribes_asset(config: PipelineConfig) -> dg.AssetsDefinition:
             how="anti",
             nulls_equal=True,
         )
-        path = store(
-            data_dir,
+        url = store(
+            location,
             frame,
             {
                 **{a: m for a, m in watermarks.items() if a in reads},
@@ -106,7 +111,7 @@ def build_unsubscribes_asset(config: PipelineConfig) -> dg.AssetsDefinition:
             "%d suppressions stored (%d new since the last run) in %s",
             frame.height,
             new.height,
-            path,
+            url,
         )
         sample = new.head(10).select(
             "account", "kind", "group_id", mask_email_expr("email"), "created", "customer_id"
@@ -114,7 +119,7 @@ def build_unsubscribes_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": frame.height,
-                "path": dg.MetadataValue.path(str(path)),
+                "path": report_store.metadata_value(url),
                 "new_since_last_run": new.height,
                 **{f"count_{kind}": n for kind, n in _counts(frame).items()},
                 **{f"new_{kind}": n for kind, n in _counts(new).items()},
@@ -169,7 +174,7 @@ def build_unsubscribes_job_and_schedule(
         selection=dg.AssetSelection.assets("sendgrid_unsubscribes"),
         executor_def=executor,
         description="Reads each SendGrid account's suppressions into "
-        "<data dir>/suppressions/sendgrid_unsubscribes.parquet (incremental by time).",
+        "suppressions/sendgrid_unsubscribes.parquet on the report storage (incremental by time).",
     )
     schedule = dg.ScheduleDefinition(
         name=UNSUBSCRIBES_SCHEDULE,
