@@ -89,11 +89,14 @@ def test_an_export_from_the_table_gives_the_same_lists_as_the_files(
         assert run.success, step_failure_messages(run)
         assert lists_on(second, other) == expected
 
-    [event] = [
+    events = [
         e.materialization
         for e in run.get_asset_materialization_events()
         if e.materialization.asset_key == dg.AssetKey("unified_profiles")
     ]
+    # one read, recorded on each destination's partition with the same figures
+    assert sorted(e.partition for e in events) == sorted(config.destination_names)
+    event = events[0]
     metadata = event.metadata
     assert metadata["source"].value.startswith("table analytics.unified_profiles on postgresql://")
     assert metadata["origins"].value == "table analytics.unified_profiles"
