@@ -21,7 +21,8 @@ from sendgrid_pipeline.assets.erasures import ERASURE_FILE_TAG, ERASURE_JOB
 from sendgrid_pipeline.config import load_config
 from sendgrid_pipeline.erasure import email_hash
 from sendgrid_pipeline.object_storage import StorageLocation
-from sendgrid_pipeline.pipeline import PipelineResources
+from sendgrid_pipeline.pipeline import PipelineResources, default_resources
+from sendgrid_pipeline.settings import Settings
 from sendgrid_pipeline.suppressions import FILE_PATH, WATERMARKS_PATH
 from sendgrid_pipeline_tests.helpers import (
     definitions,
@@ -157,3 +158,19 @@ def test_an_erasure_request_dropped_on_s3_is_processed_archived_and_audited_ther
     )
     assert local_after == local_before
     assert not (data_dir / "reports").exists()
+
+
+def test_deployed_wiring_reads_erasures_from_the_object_store_only(data_dir: Path) -> None:
+    """As the settings wire it: <base>/erasures on an object store; locally the data
+    directory's folder (the reports' base is then the data directory itself)."""
+    config = load_config(data_dir)
+    remote = Settings(data_dir=data_dir, storage_dir="s3://bucket/deployed")
+    deployed = default_resources(remote, config)
+    assert deployed.erasure_requests is not None
+    assert deployed.erasure_requests.url == "s3://bucket/deployed/erasures"
+    assert deployed.reports is not None and deployed.reports.base_dir == "s3://bucket/deployed"
+    local = default_resources(Settings(data_dir=data_dir), config)
+    assert local.erasure_requests is None
+    assert local.reports is not None
+    # so the suppressions stay <data dir>/suppressions/ and the audits <data dir>/reports/
+    assert local.reports.base_dir == str(data_dir.resolve())
