@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sendgrid_pipeline.state import StateStoreError, SyncStateResource
+from sendgrid_pipeline.state import StateStoreError, SyncStateResource, SyncStateStore
 
 PENDING = "pending"
 ERASED = "erased"
@@ -257,7 +257,9 @@ class SqliteErasureLedger(ErasureLedger):
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # The file is created (or checked) as the sync creates it: WAL mode set once, under
+        # the store's lock, and a damaged file named with the sync state's recovery advice.
+        SyncStateStore(path).close()
         with self._cursor() as cursor:
             cursor.executescript(_SQLITE_SCHEMA)
 
