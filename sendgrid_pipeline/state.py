@@ -168,6 +168,7 @@ class SyncStateStore:
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0  # a forked child never uses its parent's connection
         self._db_lock = threading.RLock()
+        self._depth = 0  # > 0 inside transaction(): calls join its one transaction
         self.connections_opened = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,12 +219,29 @@ class SyncStateStore:
         """One transaction on the store's connection; rolled back on any exception."""
         with self._db_lock:
             db = self._connection()
+            if self._depth:  # inside transaction(): it commits (or rolls back) at its end
+                try:
+                    yield db
+                except sqlite3.Error as error:
+                    raise _explain(self.path, error) from None
+                return
             try:
                 with db:
                     yield db
             except sqlite3.Error as error:
                 self.close()  # a damaged file or a full disk: the next call starts afresh
                 raise _explain(self.path, error) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The calls made inside commit together at its end, or not at all (one fsync
+        instead of one per call: confirming a round of finished jobs at once)."""
+        with self._connect():
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
 
     def close(self) -> None:
         """Close the connection (idempotent; the store reopens one if it is used again)."""
@@ -567,6 +585,10 @@ class ListState:
     def close(self) -> None:
         """Release the store's connection at the end of a sync (reopened if used again)."""
         self.store.close()
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Several writes as one transaction (see SyncStateStore.transaction)."""
+        return self.store.transaction()
 
     def record_contact_ids(self, ids: pl.DataFrame) -> None:
         self.store.record_contact_ids(self.destination, self.list_id, ids)

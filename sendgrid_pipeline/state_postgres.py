@@ -327,6 +327,12 @@ class PostgresSyncStateStore:
     def close(self) -> None:
         """Nothing held between calls: each opens its own connection from the DSN."""
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Each call inside keeps its own transaction here (nothing to batch: no fsync per
+        call on the client side)."""
+        yield
+
     def is_known(self, destination: str, list_id: str) -> bool:
         """Whether this list's membership was ever read (reconciled) into the state."""
         return self.last_reconciled(destination, list_id) is not None

@@ -103,7 +103,7 @@ class WriteAhead:
         deadline = time.monotonic() + client.job_timeout_seconds
         while pending:
             running: list[Intent] = []
-            ended = 0
+            ended: list[tuple[Intent, ImportJob]] = []
             for intent in pending:
                 if running:  # an earlier job still runs: read the later ones next round
                     running.append(intent)
@@ -113,12 +113,16 @@ class WriteAhead:
                 except SendGridError as error:
                     first_error = first_error or error  # left as an intent: the next run settles it
                     continue
-                if not job.is_terminal:
+                if job.is_terminal:
+                    ended.append((intent, job))
+                else:
                     running.append(intent)
-                    continue
-                ended += 1
-                self.crash_hook(f"{intent.kind}_confirmed")
-                settle(intent, job)
+            # The round's finished jobs are recorded in one transaction: all or none (a crash
+            # leaves their intents, with job ids, for the next run to settle).
+            with self.state.transaction():
+                for intent, job in ended:
+                    self.crash_hook(f"{intent.kind}_confirmed")
+                    settle(intent, job)
             pending = running
             if not pending:
                 break

@@ -154,3 +154,23 @@ def test_the_recorded_count_is_reported_without_a_recount_only_when_nothing_chan
     assert grown.recorded_members == 5 == len(recorded(path))
     shrunk = sync(sandbox, path, people("ann", "bob", "cy", "dee"))
     assert shrunk.recorded_members == 4 == len(recorded(path))
+
+
+def test_writes_inside_a_transaction_commit_together_or_not_at_all(tmp_path: Path) -> None:
+    store = SyncStateStore(tmp_path / "state.sqlite")
+    state = store.for_list("d", "l")
+    intents = [state.write_intent("upsert", _rows(f"p{n}@x.io"), "run-1") for n in range(3)]
+    other = SyncStateStore(tmp_path / "state.sqlite").for_list("d", "l")  # another process
+    try:
+        with state.transaction():
+            state.confirm_upsert(intents[0], _rows("p0@x.io"))
+            state.confirm_upsert(intents[1], _rows("p1@x.io"))
+            assert state.member_count() == 2 and other.member_count() == 0  # not yet committed
+            raise RuntimeError("the process dies here")
+    except RuntimeError:
+        pass
+    assert state.member_count() == 0 and len(state.intents()) == 3  # neither was recorded
+    with state.transaction():
+        for n, intent in enumerate(intents):
+            state.confirm_upsert(intent, _rows(f"p{n}@x.io"))
+    assert other.member_count() == 3 and other.intents() == [] and other.generation() == 3
