@@ -298,3 +298,33 @@ def test_the_contact_deletion_keeps_sendgrids_published_contract(data_dir: Path)
         assert result.success, step_failure_messages(result)
     assert contract.violations == [], "\n".join(map(str, contract.violations))
     assert ("DELETE", "/v3/marketing/contacts") in {(m, p) for m, p in contract.checked}
+
+
+def test_an_erasure_recorded_after_the_contacts_were_built_is_not_sent(data_dir, sandbox) -> None:
+    """The race between an erasure and a sync already running: its contacts step ran before
+    the erasure was recorded, its sync step after. The sync reads the ledger under the list's
+    lock, so the person is never upserted again and is taken off the list."""
+    name = load_config(data_dir).destination_names[0]
+    first = export(data_dir, sandbox, partitions=[name])
+    assert first.success, step_failure_messages(first)
+    list_id = load_config(data_dir).destination(name).list_id
+    person = sorted(sandbox.list_member_emails(list_id))[0]
+    contacts = export(
+        data_dir,
+        sandbox,
+        partitions=[name],
+        selection=["unified_profiles", "segment_membership", "sendgrid_contacts"],
+    )
+    assert contacts.success, step_failure_messages(contacts)
+    ledger = erasure_ledger(resources_for(data_dir, sandbox).sync_state)
+    subject = pl.DataFrame(
+        {"email": [person], "customer_id": [None], "requested_by": ["dpo"]},
+        schema={"email": pl.String, "customer_id": pl.String, "requested_by": pl.String},
+    )
+    ledger.record(subject, "late.csv")  # recorded after the contacts step, before the sync
+    sandbox.reset_request_log()
+    sync = export(data_dir, sandbox, partitions=[name], selection=["sendgrid_list_sync"])
+    assert sync.success, step_failure_messages(sync)
+    sandbox.wait_for_idle()
+    assert person not in sandbox.list_member_emails(list_id)
+    assert [r for r in sandbox.requests if r.method == "PUT"] == []  # nothing sent for them

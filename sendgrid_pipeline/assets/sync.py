@@ -24,6 +24,7 @@ from sendgrid_pipeline.assets.common import (
 from sendgrid_pipeline.assets.profiles import SNAPSHOT_METADATA
 from sendgrid_pipeline.assets.sync_checks import LIST_SIZE_CHECK, list_size_result
 from sendgrid_pipeline.config import Destination, PipelineConfig
+from sendgrid_pipeline.erasure_ledger import erasure_ledger
 from sendgrid_pipeline.errors import PipelineError
 from sendgrid_pipeline.io_manager import ReportStore
 from sendgrid_pipeline.sendgrid.resource import SendGridResource
@@ -265,6 +266,7 @@ def run_destination_sync(
         options,
         custom_ids=custom_ids,
         run_id=context.run_id,
+        blocked_emails=lambda: erasure_ledger(sync_state).blocked()["email"],
     )
     return sync.run(contacts)
 

@@ -61,8 +61,12 @@ class DestinationSync:
         crash_hook: Callable[[str], None] | None = None,
         custom_ids: dict[str, str] | None = None,
         run_id: str = "(outside Dagster)",
+        blocked_emails: Callable[[], pl.Series] | None = None,
     ) -> None:
+        """`blocked_emails`: who must not be exported right now (the erasure ledger), read
+        under the list's lock, since the contacts may have been built before an erasure."""
         self.client = client
+        self.blocked_emails = blocked_emails
         self.destination = destination
         self.name = destination.name
         self.list_id = destination.list_id
@@ -80,6 +84,24 @@ class DestinationSync:
             client, self.state, destination, self.options, self.custom_ids, log
         )
 
+    def _without_blocked(self, contacts: pl.DataFrame) -> pl.DataFrame:
+        """Leave out anyone blocked since the contacts were built (an erasure recorded while
+        this run computed them): never sent, and taken off the list if they are on it."""
+        if self.blocked_emails is None:
+            return contacts
+        blocked = self.blocked_emails().drop_nulls()
+        if blocked.is_empty():
+            return contacts
+        kept = contacts.join(blocked.unique().to_frame("email"), on="email", how="anti")
+        if kept.height < contacts.height:
+            self.log.warning(
+                "%s: %d contact(s) were recorded for erasure after this run built its contacts: "
+                "left out (and taken off the list)",
+                self.name,
+                contacts.height - kept.height,
+            )
+        return kept
+
     def run(self, contacts: pl.DataFrame) -> SyncReport:
         """`contacts`: one row per contact the list must hold, with its mapped field columns.
 
@@ -95,6 +117,7 @@ class DestinationSync:
     def _run(self, contacts: pl.DataFrame) -> SyncReport:
         started = time.monotonic()
         self._refuse_a_stale_plan()
+        contacts = self._without_blocked(contacts)
         before = self._list_contact_count()
         known_before = self.state.is_known()
         recovered = self.recovery.settle_pending()
