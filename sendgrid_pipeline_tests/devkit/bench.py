@@ -1079,7 +1079,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if not args.keep and not args.work_dir:
             shutil.rmtree(root, ignore_errors=True)
-    command = " ".join(["dagster", *DAGSTER_ARGS[:-3], "'*'", *DAGSTER_ARGS[-2:]])
+    command = " ".join(["dagster", *DAGSTER_ARGS])
     result = {
         "profiles": args.profiles,
         "seed": args.seed,
