@@ -14,6 +14,7 @@ import datetime as dt
 import difflib
 import itertools
 import json
+import operator
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -1557,6 +1558,26 @@ def _check_shared_contact_fields(
 
 
 _ACCOUNT_LIMIT_KEYS = ("max_contacts", "contact_limit_margin")
+_ACCOUNT_SUPPRESSION_KEYS = ("suppression_kinds", "suppression_group_ids")
+
+
+def _account_disagreement(
+    destinations: list[Destination],
+    keys: tuple[str, ...],
+    same: Callable[[Any, Any], bool] = operator.eq,
+) -> tuple[str, Destination, Destination, str] | None:
+    """The first setting that a destination of an account (same api_key_env) states unlike
+    the account's first destination: (api_key_env, first, other, key), or None."""
+    accounts: dict[str, list[Destination]] = {}
+    for destination in destinations:
+        accounts.setdefault(destination.api_key_env, []).append(destination)
+    for env, group in accounts.items():
+        first = group[0]
+        for destination in group[1:]:
+            for key in keys:
+                if not same(getattr(destination, key), getattr(first, key)):
+                    return env, first, destination, key
+    return None
 
 
 def _check_shared_account_limit(
@@ -1569,28 +1590,20 @@ def _check_shared_account_limit(
     The limit is the account's, not a list's: a destination that left it out (or set another
     figure) would sync unchecked or against a different bound into the same account.
     """
-    where = locate or (lambda _name, _key: str(path))
-    accounts: dict[str, list[Destination]] = {}
-    for destination in destinations:
-        accounts.setdefault(destination.api_key_env, []).append(destination)
-    for env, group in accounts.items():
-        first = group[0]
-        for destination in group[1:]:
-            for key in _ACCOUNT_LIMIT_KEYS:
-                mine, theirs = getattr(destination, key), getattr(first, key)
-                if mine == theirs:
-                    continue
-                raise ConfigError(
-                    f"{where(destination.name, key)}: destinations of one SendGrid account "
-                    f"(api_key_env {env}) state its contact limit differently: {first.name!r} "
-                    f"has {key}: {'null' if theirs is None else theirs}, {destination.name!r} "
-                    f"has {key}: {'null' if mine is None else mine}. The limit is the "
-                    "account's: set max_contacts and contact_limit_margin identically in "
-                    "every destination with this api_key_env"
-                )
-
-
-_ACCOUNT_SUPPRESSION_KEYS = ("suppression_kinds", "suppression_group_ids")
+    found = _account_disagreement(destinations, _ACCOUNT_LIMIT_KEYS)
+    if found is None:
+        return
+    env, first, destination, key = found
+    where = locate(destination.name, key) if locate else str(path)
+    mine, theirs = getattr(destination, key), getattr(first, key)
+    raise ConfigError(
+        f"{where}: destinations of one SendGrid account "
+        f"(api_key_env {env}) state its contact limit differently: {first.name!r} "
+        f"has {key}: {'null' if theirs is None else theirs}, {destination.name!r} "
+        f"has {key}: {'null' if mine is None else mine}. The limit is the "
+        "account's: set max_contacts and contact_limit_margin identically in "
+        "every destination with this api_key_env"
+    )
 
 
 def _check_shared_suppression_settings(
@@ -1603,24 +1616,21 @@ def _check_shared_suppression_settings(
     The suppressions are the account's and are read once per account: two destinations
     asking for different kinds or groups would leave it unclear what the account's frame holds.
     """
-    where = locate or (lambda _name, _key: str(path))
-    accounts: dict[str, list[Destination]] = {}
-    for destination in destinations:
-        accounts.setdefault(destination.api_key_env, []).append(destination)
-    for env, group in accounts.items():
-        first = group[0]
-        for destination in group[1:]:
-            for key in _ACCOUNT_SUPPRESSION_KEYS:
-                mine, theirs = getattr(destination, key), getattr(first, key)
-                if sorted(mine) == sorted(theirs):
-                    continue
-                raise ConfigError(
-                    f"{where(destination.name, key)}: destinations of one SendGrid account "
-                    f"(api_key_env {env}) read its suppressions differently: {first.name!r} "
-                    f"has {key}: {list(theirs)}, {destination.name!r} has {key}: "
-                    f"{list(mine)}. Suppressions are the account's: set {key} identically "
-                    "in every destination with this api_key_env"
-                )
+    found = _account_disagreement(
+        destinations, _ACCOUNT_SUPPRESSION_KEYS, lambda a, b: sorted(a) == sorted(b)
+    )
+    if found is None:
+        return
+    env, first, destination, key = found
+    where = locate(destination.name, key) if locate else str(path)
+    mine, theirs = getattr(destination, key), getattr(first, key)
+    raise ConfigError(
+        f"{where}: destinations of one SendGrid account "
+        f"(api_key_env {env}) read its suppressions differently: {first.name!r} "
+        f"has {key}: {list(theirs)}, {destination.name!r} has {key}: "
+        f"{list(mine)}. Suppressions are the account's: set {key} identically "
+        "in every destination with this api_key_env"
+    )
 
 
 def load_config(

@@ -686,44 +686,36 @@ class Store:
             return found
 
     def enqueue_removal(self, list_id: str, contact_ids: list[str]) -> str:
-        now = time.time()
+        """DELETE /v3/marketing/lists/{id}/contacts: an async "delete" job on one list."""
         with self._locked():
             if list_id not in self._lists:
                 raise ApiError(404, None, f"list {list_id} not found")
-            unknown = [cid for cid in contact_ids if cid not in self._by_id]
-            if unknown:
-                shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-                raise ApiError(404, "contact_ids", f"contact ids not found: {shown}")
-            job = Job(
-                id=str(uuid.uuid4()),
-                job_type="delete",
-                due=now,  # set when queued (_enqueue), by the latency model
-                started_at=_iso(now),
-                requested=len(contact_ids),
-                payload=[self._by_id[cid] for cid in contact_ids],
-                list_ids=(list_id,),
-            )
-            self._enqueue(job)
-        return job.id
+            return self._enqueue_delete_job(contact_ids, "contact_ids", (list_id,))
 
     def enqueue_deletion(self, contact_ids: list[str]) -> str:
         """DELETE /v3/marketing/contacts?ids=: an async "delete" job with no list."""
-        now = time.time()
         with self._locked():
-            unknown = [cid for cid in contact_ids if cid not in self._by_id]
-            if unknown:
-                shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-                raise ApiError(404, "ids", f"contact ids not found: {shown}")
-            job = Job(
-                id=str(uuid.uuid4()),
-                job_type="delete",
-                due=now,  # set when queued (_enqueue), by the latency model
-                started_at=_iso(now),
-                requested=len(contact_ids),
-                payload=[self._by_id[cid] for cid in contact_ids],
-                list_ids=(),
-            )
-            self._enqueue(job)
+            return self._enqueue_delete_job(contact_ids, "ids", ())
+
+    def _enqueue_delete_job(
+        self, contact_ids: list[str], field: str, list_ids: tuple[str, ...]
+    ) -> str:
+        """A "delete" job for known contact ids (under the lock); 404 naming unknown ones."""
+        now = time.time()
+        unknown = [cid for cid in contact_ids if cid not in self._by_id]
+        if unknown:
+            shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            raise ApiError(404, field, f"contact ids not found: {shown}")
+        job = Job(
+            id=str(uuid.uuid4()),
+            job_type="delete",
+            due=now,  # set when queued (_enqueue), by the latency model
+            started_at=_iso(now),
+            requested=len(contact_ids),
+            payload=[self._by_id[cid] for cid in contact_ids],
+            list_ids=list_ids,
+        )
+        self._enqueue(job)
         return job.id
 
     def _finish_deletion(self, job: Job) -> None:
