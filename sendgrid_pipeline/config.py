@@ -1694,28 +1694,18 @@ def load_config(
         profile_source=profile_source,
         lines=lines,
     )
-    try:
-        _check_shared_contact_fields(
-            destinations_file.path,
-            list(config.destinations),
-            lambda name, key: config.where("destinations.yaml", name, *key.split(".")),
-        )
-    except ConfigError as error:
-        problems.append(ConfigProblem(str(error)))
-    try:
-        _check_shared_account_limit(
-            destinations_file.path,
-            list(config.destinations),
-            lambda name, key: config.where("destinations.yaml", name, *key.split(".")),
-        )
-    except ConfigError as error:
-        problems.append(ConfigProblem(str(error)))
-    try:
-        _check_shared_suppression_settings(
-            destinations_file.path,
-            list(config.destinations),
-            lambda name, key: config.where("destinations.yaml", name, *key.split(".")),
-        )
-    except ConfigError as error:
-        problems.append(ConfigProblem(str(error)))
+
+    def locate(name: str, key: str) -> str:
+        return config.where("destinations.yaml", name, *key.split("."))
+
+    # What one SendGrid account's destinations must agree on: each check reports on its own.
+    for check in (
+        _check_shared_contact_fields,
+        _check_shared_account_limit,
+        _check_shared_suppression_settings,
+    ):
+        try:
+            check(destinations_file.path, list(config.destinations), locate)
+        except ConfigError as error:
+            problems.append(ConfigProblem(str(error)))
     return config.without(problems, skip=skip_invalid_destinations)
