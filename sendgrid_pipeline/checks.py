@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 
 import dagster as dg
 import pandera.polars as pa
@@ -65,11 +66,61 @@ CONTACTS_SCHEMA = pa.DataFrameSchema(
     strict=False,
 )
 
-with warnings.catch_warnings():  # dagster-pandera marks this beta; the pinned set is tested
-    warnings.simplefilter("ignore", dg.BetaWarning)
-    SendGridContactsType = pandera_schema_to_dagster_type(CONTACTS_SCHEMA)
-    UnifiedProfilesType = pandera_schema_to_dagster_type(PROFILES_SCHEMA)
-    SegmentMembershipType = pandera_schema_to_dagster_type(MEMBERSHIP_SCHEMA)
+# Frames that passed a schema in this process, by content: (schema name, fingerprint). A run
+# checks the same frame several times (the output's type check, then each step that loads it
+# as an input): what passed once passes again, so each later check only fingerprints it.
+_PASSED: OrderedDict[tuple[str, tuple[object, ...]], None] = OrderedDict()
+_PASSED_KEPT = 32
+
+
+def frame_fingerprint(frame: pl.DataFrame) -> tuple[object, ...]:
+    """The frame's content: height, columns and types, and a hash of every row in order."""
+    order_sensitive = frame.hash_rows() * pl.int_range(1, frame.height + 1, eager=True).cast(
+        pl.UInt64
+    )
+    return (frame.height, tuple(frame.schema.items()), int(order_sensitive.sum() or 0))
+
+
+def record_passed(schema: pa.DataFrameSchema, frame: pl.DataFrame) -> None:
+    """Remember that `frame` passed `schema` (validated by it, or by a stricter schema)."""
+    _PASSED[(str(schema.name), frame_fingerprint(frame))] = None
+    while len(_PASSED) > _PASSED_KEPT:
+        _PASSED.popitem(last=False)
+
+
+def _memoized_dagster_type(schema: pa.DataFrameSchema) -> dg.DagsterType:
+    """dagster-pandera's type for `schema` (its metadata and its validation), skipping the
+    validation of a frame whose very content already passed in this process."""
+    with warnings.catch_warnings():  # dagster-pandera marks this beta; the pinned set is tested
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        pandera_type = pandera_schema_to_dagster_type(schema)
+
+    def type_check(context: dg.TypeCheckContext, value: object) -> dg.TypeCheck:
+        if isinstance(value, pl.DataFrame):
+            key = (str(schema.name), frame_fingerprint(value))
+            if key in _PASSED:
+                return dg.TypeCheck(
+                    success=True,
+                    description=f"{schema.name}: the same rows passed earlier in this run",
+                )
+            result = pandera_type.type_check(context, value)
+            if result.success:
+                record_passed(schema, value)
+            return result
+        return pandera_type.type_check(context, value)
+
+    return dg.DagsterType(
+        type_check_fn=type_check,
+        name=pandera_type.unique_name,
+        description=pandera_type.description,
+        metadata=pandera_type.metadata,
+        typing_type=pl.DataFrame,
+    )
+
+
+SendGridContactsType = _memoized_dagster_type(CONTACTS_SCHEMA)
+UnifiedProfilesType = _memoized_dagster_type(PROFILES_SCHEMA)
+SegmentMembershipType = _memoized_dagster_type(MEMBERSHIP_SCHEMA)
 
 
 def capped_contacts_schema(cap: int) -> pa.DataFrameSchema:

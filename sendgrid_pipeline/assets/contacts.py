@@ -20,9 +20,11 @@ from sendgrid_pipeline.assets.common import (
 from sendgrid_pipeline.assets.profiles import SNAPSHOT_METADATA
 from sendgrid_pipeline.checks import (
     CAP_CHECK,
+    CONTACTS_SCHEMA,
     EMAIL_CHECK,
     SendGridContactsType,
     contact_check_results,
+    record_passed,
 )
 from sendgrid_pipeline.config import SENDGRID_FIELD_MAX_LENGTH, Destination, PipelineConfig
 from sendgrid_pipeline.erasure_ledger import erasure_ledger
@@ -138,6 +140,10 @@ def profiles_snapshot(context: dg.AssetExecutionContext) -> str | None:
     return str(value.value) if value is not None else None
 
 
+def _emails_passed(results: list[dg.AssetCheckResult]) -> bool:
+    return all(r.passed for r in results if r.check_name == EMAIL_CHECK)
+
+
 def build_contacts_asset(
     config: PipelineConfig, partitions: dg.PartitionsDefinition
 ) -> dg.AssetsDefinition:
@@ -222,6 +228,10 @@ def build_contacts_asset(
         accepted = accepted.with_columns(
             pl.lit(profiles_snapshot(context), dtype=pl.String).alias(SNAPSHOT_METADATA)
         )
+        if all(_emails_passed(results) for results in check_results.values()):
+            # Each destination's rows passed a stricter schema (email checks, unique emails)
+            # and destinations differ: the output's type check need not validate them again.
+            record_passed(CONTACTS_SCHEMA, accepted)
         # Every figure goes on its own destination's partition: the Output itself carries none,
         # since its metadata would be shown on every partition of the run.
         add_partition_metadata(context, per_destination)
