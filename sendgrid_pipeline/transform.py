@@ -199,14 +199,23 @@ def destination_contacts(
     invalid = mapped.filter(pl.col("_reason").is_not_null())
     valid = mapped.filter(pl.col("_reason").is_null()).drop("_reason")
 
-    # Deterministic dedup: for each email keep the smallest customer_id.
-    valid = valid.sort("email", "customer_id").with_columns(
-        pl.col("customer_id").first().over("email").alias("_kept")
-    )
-    kept = valid.filter(pl.col("customer_id") == pl.col("_kept")).drop("_kept")
-    duplicates = valid.filter(pl.col("customer_id") != pl.col("_kept")).with_columns(
-        pl.lit("duplicate_email").alias("reason"),
-        (pl.lit("same email as kept profile ") + pl.col("_kept")).alias("detail"),
+    # Deterministic dedup: for each email keep the smallest customer_id. One sort serves both
+    # the dedup and the order of `accepted`; the kept id is joined to the (few) duplicates only.
+    valid = valid.sort("email", "customer_id")
+    first = pl.col("email").is_first_distinct()
+    kept = valid.filter(first)
+    duplicates = (
+        valid.filter(~first)
+        .join(
+            kept.select("email", pl.col("customer_id").alias("_kept")),
+            on="email",
+            how="left",
+            maintain_order="left",
+        )
+        .with_columns(
+            pl.lit("duplicate_email").alias("reason"),
+            (pl.lit("same email as kept profile ") + pl.col("_kept")).alias("detail"),
+        )
     )
     rejected = pl.concat(
         [
@@ -228,7 +237,7 @@ def destination_contacts(
         ]
     ).sort("customer_id")
     return DestinationContacts(
-        accepted=kept.sort("email"),
+        accepted=kept,  # sorted by email
         rejected=rejected.cast(REJECTION_SCHEMA),
         profiles_in_segments=members_in_segments,
     )

@@ -216,6 +216,9 @@ def test_who_is_sent_matches_an_independent_rule(profiles: pl.DataFrame) -> None
     assert duplicates.height == sum(
         1 for row in profiles.iter_rows(named=True) if row_is_sendable(row)
     ) - len(best)
+    for email, detail in duplicates.select("email", "detail").iter_rows():
+        assert detail == f"same email as kept profile {best[email]}"
+    assert result.accepted["email"].to_list() == sorted(best)
 
 
 @SETTINGS
