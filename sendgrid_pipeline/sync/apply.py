@@ -121,8 +121,8 @@ class DestinationSync:
         before = self._list_contact_count()
         known_before = self.state.is_known()
         recovered = self.recovery.settle_pending()
-        uncertain = self.state.has_uncertain()
         recorded = self.state.members()
+        uncertain = int(recorded["uncertain"].sum())  # read with the members: no second scan
         generation_read = self.state.generation()
         reason = self.reconciler.reason(recorded, before, uncertain)
         if reason:
