@@ -32,6 +32,9 @@ from sendgrid_pipeline.object_storage import ObjectNotFoundError, StorageLocatio
 PARTITION_COLUMN = "destination"
 # Definition metadata of a partitioned asset whose output is one object for all partitions.
 SHARED_OUTPUT_METADATA = "sendgrid/one_output_for_all_destinations"
+# Input metadata: the only columns a step reads of its input (e.g. the profile columns its
+# segments or field mappings use), so it never loads, nor holds, the others.
+INPUT_COLUMNS_METADATA = "sendgrid/columns_read"
 REJECTED_REPORTS = "reports/rejected"  # under a report store's base
 
 _LOCATIONS: dict[tuple, StorageLocation] = {}
@@ -69,6 +72,13 @@ def is_shared_output(metadata: Mapping[str, object] | None) -> bool:
     """Whether an asset's definition metadata marks one stored output for all its partitions."""
     value = (metadata or {}).get(SHARED_OUTPUT_METADATA)
     return bool(getattr(value, "value", value))
+
+
+def input_columns(metadata: Mapping[str, object] | None) -> list[str] | None:
+    """The columns an input's metadata asks for (INPUT_COLUMNS_METADATA); None: all of them."""
+    value = (metadata or {}).get(INPUT_COLUMNS_METADATA)
+    value = getattr(value, "value", value)
+    return [str(c) for c in value] if isinstance(value, list | tuple) else None
 
 
 class DestinationParquetIOManager(dg.ConfigurableIOManager):
@@ -117,17 +127,20 @@ class DestinationParquetIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         upstream = context.upstream_output
         shared = upstream is not None and is_shared_output(upstream.definition_metadata)
+        columns = input_columns(context.definition_metadata)
         if not context.has_asset_partitions or shared:
-            return self._read(context.asset_key, None)  # once, for any partition subset
+            return self._read(context.asset_key, None, columns)  # once, for any partitions
         keys = context.asset_partition_keys
-        return pl.concat([self._read(context.asset_key, k) for k in keys], how="vertical")
+        return pl.concat([self._read(context.asset_key, k, columns) for k in keys], how="vertical")
 
-    def _read(self, key: dg.AssetKey, partition: str | None) -> pl.DataFrame:
+    def _read(
+        self, key: dg.AssetKey, partition: str | None, columns: list[str] | None = None
+    ) -> pl.DataFrame:
         """A stored output, or an immediate, non-retried failure that says what to run."""
         location = self.location
         relative = self.object_path(key, partition)
         try:
-            return location.read_parquet(relative)
+            return location.read_parquet(relative, columns)
         except ObjectNotFoundError:
             which = f" for destination {partition!r}" if partition else ""
             raise dg.Failure(

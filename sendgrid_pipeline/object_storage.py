@@ -33,7 +33,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -305,8 +305,11 @@ class StorageLocation:
         except Exception as error:
             raise self._failure("write", url, error) from None
 
-    def read_parquet(self, relative_path: str) -> pl.DataFrame:
-        """A stored frame; ObjectNotFoundError names the URL when there is none.
+    def read_parquet(
+        self, relative_path: str, columns: Sequence[str] | None = None
+    ) -> pl.DataFrame:
+        """A stored frame (only `columns`, those of them it has, when given); ObjectNotFoundError
+        names the URL when there is none.
 
         The object is fetched whole in one read (one open file, or one GET) and parsed from
         memory: polars reading by path or URL asks for the size and the byte ranges separately,
@@ -316,7 +319,10 @@ class StorageLocation:
         """
         data = self.read_bytes(relative_path)
         try:
-            return pl.read_parquet(io.BytesIO(data))
+            if columns is not None:
+                present = pl.read_parquet_schema(io.BytesIO(data))
+                columns = [c for c in dict.fromkeys(columns) if c in present]
+            return pl.read_parquet(io.BytesIO(data), columns=columns)
         except Exception as error:
             raise self._failure("read", self.url_for(relative_path), error) from None
         except BaseException as error:  # pyo3's PanicException derives from BaseException

@@ -90,6 +90,31 @@ def segment_membership(
     return pl.concat(parts).collect()
 
 
+def _root_names(expressions: list[pl.Expr]) -> list[str]:
+    return list(dict.fromkeys(name for e in expressions for name in e.meta.root_names()))
+
+
+def segment_profile_columns(segments: tuple[Segment, ...]) -> list[str]:
+    """The profile columns membership needs: customer_id and those the rules use."""
+    rules = [s.expression for s in segments if s.rule is not None]
+    return list(dict.fromkeys(["customer_id", *_root_names(rules)]))
+
+
+def contacts_profile_columns(destinations: list[Destination]) -> list[str]:
+    """The profile columns contacts need: customer_id and those the field mappings use."""
+    sources = [
+        source
+        for d in destinations
+        for source in [
+            *d.field_mapping.as_dict().values(),
+            *(c.source for c in d.field_mapping.custom_fields.values()),
+        ]
+    ]
+    return list(
+        dict.fromkeys(["customer_id", *_root_names([value_expression(s) for s in sources])])
+    )
+
+
 def _rule_columns(profiles: pl.DataFrame, segments: tuple[Segment, ...]) -> list[str]:
     """Only the columns segment rules use, so the other columns are never copied."""
     used: set[str] = set()

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sendgrid_pipeline.io_manager import (
+    INPUT_COLUMNS_METADATA,
     SHARED_OUTPUT_METADATA,
     DestinationParquetIOManager,
     ReportStore,
@@ -168,3 +169,59 @@ def test_a_shared_root_is_stored_once_and_loaded_once_for_any_range(
     assert seen == [3]
     stored = sorted(p.name for p in (base / "per_destination").iterdir())
     assert stored == [f"{k}.parquet" for k in keys]
+
+
+@pytest.mark.parametrize("as_url", [False, True])
+def test_an_input_reads_only_the_columns_its_metadata_names(tmp_path: Path, as_url: bool) -> None:
+    """The profiles' consumers load only the columns they use (a column the file lacks is
+    left for the step's own error), through a real run and its io manager."""
+    base = tmp_path / "storage"
+    seen: dict[str, list[str]] = {}
+
+    @dg.asset(name="profiles")
+    def profiles() -> pl.DataFrame:
+        return pl.DataFrame(
+            {"customer_id": ["1", "2"], "email": ["a@x.io", "b@x.io"], "big": [1, 2]}
+        )
+
+    @dg.asset(
+        ins={
+            "profiles": dg.AssetIn(
+                metadata={INPUT_COLUMNS_METADATA: ["email", "gone", "customer_id"]}
+            )
+        }
+    )
+    def narrow(profiles: pl.DataFrame) -> None:
+        seen["narrow"] = profiles.columns
+
+    @dg.asset(ins={"profiles": dg.AssetIn()})
+    def whole(profiles: pl.DataFrame) -> None:
+        seen["whole"] = profiles.columns
+
+    manager = DestinationParquetIOManager(base_dir=base.as_uri() if as_url else str(base))
+    result = dg.materialize([profiles, narrow, whole], resources={"io_manager": manager})
+    assert result.success
+    assert seen == {"narrow": ["email", "customer_id"], "whole": ["customer_id", "email", "big"]}
+
+
+def test_the_export_reads_only_the_profile_columns_it_uses() -> None:
+    """segment_membership reads its rules' columns, sendgrid_contacts its mappings' ones."""
+    from sendgrid_pipeline.assets.contacts import build_contacts_asset
+    from sendgrid_pipeline.assets.segments import build_segments_asset
+    from sendgrid_pipeline.config import load_config
+    from sendgrid_pipeline.transform import contacts_profile_columns, segment_profile_columns
+
+    config = load_config(Path(__file__).parents[1] / "data")
+    partitions = dg.StaticPartitionsDefinition([d.name for d in config.destinations])
+    read = {}
+    for asset in (
+        build_segments_asset(config, partitions),
+        build_contacts_asset(config, partitions),
+    ):
+        (input_def,) = [d for d in asset.node_def.input_defs if d.name == "unified_profiles"]
+        read[asset.key.path[-1]] = input_def.metadata[INPUT_COLUMNS_METADATA]
+    assert read["segment_membership"] == segment_profile_columns(config.segments)
+    assert read["sendgrid_contacts"] == contacts_profile_columns(list(config.destinations))
+    assert "email_opt_in" in read["segment_membership"]  # a rule column
+    assert "email_opt_in" not in read["sendgrid_contacts"]  # mapped by no destination
+    assert "email" in read["sendgrid_contacts"] and "customer_id" in read["sendgrid_contacts"]

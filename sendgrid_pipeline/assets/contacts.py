@@ -28,12 +28,16 @@ from sendgrid_pipeline.checks import (
 )
 from sendgrid_pipeline.config import SENDGRID_FIELD_MAX_LENGTH, Destination, PipelineConfig
 from sendgrid_pipeline.erasure_ledger import erasure_ledger
-from sendgrid_pipeline.io_manager import ReportStore
+from sendgrid_pipeline.io_manager import INPUT_COLUMNS_METADATA, ReportStore
 from sendgrid_pipeline.object_storage import StorageLocation
 from sendgrid_pipeline.privacy import mask_email_expr
 from sendgrid_pipeline.state import SyncStateResource
 from sendgrid_pipeline.suppressions import suppressed_contacts
-from sendgrid_pipeline.transform import destination_contacts, empty_do_not_export
+from sendgrid_pipeline.transform import (
+    contacts_profile_columns,
+    destination_contacts,
+    empty_do_not_export,
+)
 
 REJECTION_REASONS = [
     "erased",
@@ -154,6 +158,13 @@ def build_contacts_asset(
         kinds={"polars", "sendgrid"},
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
+        ins={
+            "unified_profiles": dg.AssetIn(
+                metadata={
+                    INPUT_COLUMNS_METADATA: contacts_profile_columns(list(config.destinations))
+                }
+            )
+        },
         dagster_type=SendGridContactsType,
         check_specs=[
             dg.AssetCheckSpec(

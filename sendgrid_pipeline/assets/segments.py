@@ -19,9 +19,10 @@ from sendgrid_pipeline.assets.common import (
 from sendgrid_pipeline.checks import SegmentMembershipType
 from sendgrid_pipeline.config import PipelineConfig
 from sendgrid_pipeline.errors import ProfileDataError
-from sendgrid_pipeline.io_manager import SHARED_OUTPUT_METADATA
+from sendgrid_pipeline.io_manager import INPUT_COLUMNS_METADATA, SHARED_OUTPUT_METADATA
 from sendgrid_pipeline.profile_source import as_text, csv_error, csv_header
 from sendgrid_pipeline.transform import segment_membership as compute_membership
+from sendgrid_pipeline.transform import segment_profile_columns
 
 
 def read_membership_file(path: Path) -> pl.DataFrame:
@@ -128,6 +129,11 @@ def build_segments_asset(
         # computed once in a run over several destinations, backfills and ranges included
         backfill_policy=dg.BackfillPolicy.single_run(),
         metadata={SHARED_OUTPUT_METADATA: True},
+        ins={
+            "unified_profiles": dg.AssetIn(
+                metadata={INPUT_COLUMNS_METADATA: segment_profile_columns(config.segments)}
+            )
+        },
         dagster_type=SegmentMembershipType,
         description="Members of every segment (customer_id, segment_id). Segments are SQL "
         f"boolean expressions over profile columns (data/segments.yaml):\n{described}\n\n"
