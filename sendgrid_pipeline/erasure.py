@@ -32,7 +32,7 @@ from pathlib import Path
 import polars as pl
 
 from sendgrid_pipeline.config import Destination, PipelineConfig, value_expression
-from sendgrid_pipeline.erasure_ledger import PENDING, ErasureLedger
+from sendgrid_pipeline.erasure_ledger import ERASED, PENDING, ErasureLedger
 from sendgrid_pipeline.errors import PipelineError
 from sendgrid_pipeline.privacy import mask_email_expr
 from sendgrid_pipeline.profile_source import ProfileSource
@@ -345,6 +345,7 @@ class ErasureEngine:
         client_for: Callable[[str], SendGridClient],
         run_id: str,
         log: Callable[[str], None] = lambda message: None,
+        audit_file: str | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -352,6 +353,7 @@ class ErasureEngine:
         self.client_for = client_for
         self.run_id = run_id
         self.log = log
+        self.audit_file = audit_file  # owes the completion lines of the people it marks erased
 
     def list_hits(self, emails: list[str]) -> list[ListHits]:
         """Per destination: contacts we manage on its list, and how many of them are to go."""
@@ -374,7 +376,7 @@ class ErasureEngine:
             accounts.setdefault(destination.api_key_env, []).append(destination)
         for account, destinations in accounts.items():
             self._erase_in_account(account, destinations, pending, outcome)
-        self.ledger.mark_erased(pending)
+        self.ledger.mark_erased(pending, audit_file=self.audit_file)
         outcome.erased = pending
 
     def _step(self, account: str, kind: str, target: str | None, count: int, send) -> str:
@@ -454,8 +456,12 @@ def audit_lines(
     withdrawals: pl.DataFrame,
     outcome: ErasureOutcome,
     steps: list,
+    statuses: dict[str, str] | None = None,
 ) -> bytes:
-    """The audit file: one JSON line for the run, one per person (hashed), one per request."""
+    """The audit file: one JSON line for the run, one per person (hashed), one per request.
+
+    `statuses` (email -> status, see audit_people) gives each erase line its `status`.
+    """
     now = datetime.now(UTC).isoformat(timespec="seconds")
     lines: list[dict] = [
         {
@@ -492,6 +498,9 @@ def audit_lines(
                     "customer_id": customer_id,
                     "request_file": file,
                     "requested_by": requested_by,
+                    "status": "withdrawn"
+                    if action == "withdraw"
+                    else (statuses or {}).get(clear or "", PENDING),
                 }
             )
     for step in steps:
@@ -508,3 +517,32 @@ def audit_lines(
             }
         )
     return "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode("utf-8")
+
+
+def audit_people(
+    subjects: pl.DataFrame, owed: pl.DataFrame, ledger_status: pl.DataFrame
+) -> tuple[pl.DataFrame, dict[str, str]]:
+    """The erase lines of an audit file, and each one's status.
+
+    The lines: this run's requested people, and the people owed a completion line (erased by a
+    run killed before its audit file was written, or by this run for an earlier request).
+    Status: `erased` for the owed (their one completion line), `already_erased` for people an
+    earlier audit file already shows erased, else their ledger status (`pending`: the run did
+    not confirm them; the next run does, and its file shows them `erased`).
+    """
+    extra = owed.join(subjects.select("email"), on="email", how="anti").select(
+        "email",
+        "customer_id",
+        pl.col("request").alias("file"),
+        pl.lit(None, pl.String).alias("requested_by"),
+    )
+    people = pl.concat([subjects.select(extra.columns), extra])
+    owed_emails = set(owed["email"].to_list())
+    known = dict(ledger_status.select("email", "status").iter_rows())
+    statuses = {
+        email: ERASED
+        if email in owed_emails
+        else ("already_erased" if known.get(email) == ERASED else known.get(email, PENDING))
+        for email in people["email"].to_list()
+    }
+    return people, statuses

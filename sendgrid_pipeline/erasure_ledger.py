@@ -14,7 +14,7 @@ them. Nothing that leaves the pipeline (logs, metadata, the audit file) shows th
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS erasure_steps (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS erasure_audits (
+    email TEXT NOT NULL PRIMARY KEY,
+    audit_file TEXT NOT NULL,  -- the audit file the run that erased them writes
+    written_at TEXT  -- null until a run saw that file written (or wrote the person in its own)
+);
 """
 
 _POSTGRES_SCHEMA = """
@@ -86,6 +91,11 @@ CREATE TABLE IF NOT EXISTS erasure_steps (
     status TEXT NOT NULL CHECK (status IN ('intent', 'sent', 'confirmed', 'failed')),
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS erasure_audits (
+    email TEXT NOT NULL PRIMARY KEY,
+    audit_file TEXT NOT NULL,  -- the audit file the run that erased them writes
+    written_at TEXT  -- null until a run saw that file written (or wrote the person in its own)
 );
 """
 _SCHEMA_LOCK = 0x5347_4552  # advisory lock key serializing schema creation ("SGER")
@@ -193,14 +203,80 @@ class ErasureLedger:
         frame = pl.DataFrame(rows, schema=schema, orient="row")
         return frame.with_columns(pl.lit("erased", pl.String).alias("reason"))
 
-    def mark_erased(self, emails: list[str]) -> None:
-        """Every request for these people was confirmed."""
+    def mark_erased(self, emails: list[str], audit_file: str | None = None) -> None:
+        """Every request for these people was confirmed.
+
+        With `audit_file`, the same transaction records that this file owes their completion
+        line (see audit_owed): a run killed before writing it leaves the line owed, not lost.
+        """
         now = _now()
         with self._cursor() as cursor:
+            if audit_file is not None:
+                cursor.executemany(
+                    self._sql(
+                        "INSERT INTO erasure_audits (email, audit_file) SELECT email, {p} "
+                        "FROM erasure_subjects WHERE email = {p} AND status = 'pending' "
+                        "ON CONFLICT (email) DO UPDATE SET audit_file = excluded.audit_file, "
+                        "written_at = NULL"
+                    ),
+                    [(audit_file, email) for email in emails],
+                )
             cursor.executemany(
                 self._sql(
                     "UPDATE erasure_subjects SET status = 'erased', erased_at = {p} "
                     "WHERE email = {p} AND status = 'pending'"
+                ),
+                [(now, email) for email in emails],
+            )
+
+    # -- audit completions (each erased person has exactly one `erased` audit line) -----------
+    def audit_owed(self, audit_file: str, written: Callable[[str], bool]) -> pl.DataFrame:
+        """The people whose completion line no audit file holds yet (email, customer_id,
+        request), to be written in `audit_file`.
+
+        A person owed to another run's file that `written(file)` finds is settled here: that
+        run wrote its file (audit files are replaced whole, never seen half written) and was
+        killed before it said so.
+        """
+        rows = self._rows(
+            "SELECT a.email, s.customer_id, s.request, a.audit_file FROM erasure_audits a "
+            "JOIN erasure_subjects s ON s.email = a.email WHERE a.written_at IS NULL "
+            "AND s.status = 'erased' ORDER BY a.email"
+        )
+        owed = pl.DataFrame(
+            rows,
+            schema={
+                "email": pl.String,
+                "customer_id": pl.String,
+                "request": pl.String,
+                "audit_file": pl.String,
+            },
+            orient="row",
+        )
+        others = owed.filter(pl.col("audit_file") != audit_file)["audit_file"].unique().to_list()
+        done = [file for file in others if written(file)]
+        if done:
+            settled = owed.filter(pl.col("audit_file").is_in(done))["email"].to_list()
+            self.audit_written(settled)
+            owed = owed.filter(~pl.col("audit_file").is_in(done))
+        return owed.drop("audit_file")
+
+    def audits_owed(self) -> int:
+        """How many erased people no audit file is known to show erased yet."""
+        rows = self._rows(
+            "SELECT COUNT(*) FROM erasure_audits a JOIN erasure_subjects s "
+            "ON s.email = a.email WHERE a.written_at IS NULL AND s.status = 'erased'"
+        )
+        return int(rows[0][0])
+
+    def audit_written(self, emails: list[str]) -> None:
+        """An audit file holding these people's completion lines was written."""
+        now = _now()
+        with self._cursor() as cursor:
+            cursor.executemany(
+                self._sql(
+                    "UPDATE erasure_audits SET written_at = {p} "
+                    "WHERE email = {p} AND written_at IS NULL"
                 ),
                 [(now, email) for email in emails],
             )

@@ -24,6 +24,7 @@ from sendgrid_pipeline.erasure import (
     ErasureFileError,
     ErasureOutcome,
     audit_lines,
+    audit_people,
     check_erasure_brake,
     erasure_files,
     parse_erasure_file,
@@ -50,6 +51,7 @@ COMPLIANCE_GROUP = "sendgrid_compliance"
 ERASURE_JOB = "sendgrid_erasure_job"
 ERASURE_FILE_TAG = "sendgrid/erasure_file"  # the one file a sensor run is for
 ERASURE_RETRY_TAG = "sendgrid/erasure_retry"  # a run for people an earlier run left pending
+ERASURE_SENSOR = "erasure_request_sensor"
 ARCHIVE_DIR = "archive"
 REJECTED_DIR = "rejected"
 AUDIT_FOLDER = "reports/erasures"
@@ -228,6 +230,8 @@ def build_erasures_asset(
         store = sync_state.store()
         already = set(ledger.subjects(ERASED)["email"].to_list())
         new = [e for e in subjects["email"].to_list() if e not in already]
+        location = report_store.location
+        audit_path = f"{AUDIT_FOLDER}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.jsonl"
         engine = ErasureEngine(
             config,
             ledger,
@@ -235,6 +239,7 @@ def build_erasures_asset(
             lambda account: sendgrid.client(account),
             context.run_id,
             context.log.info,
+            audit_file=audit_path,
         )
         allowed = tags.get(ALLOW_MASS_ERASURE_TAG, "").lower() == "true"
         check_erasure_brake(new, engine.list_hits(new), allowed)
@@ -247,17 +252,22 @@ def build_erasures_asset(
         for name, part in subjects.group_by("file", maintain_order=True):
             ledger.record(part, request=str(name[0]))  # write-ahead: blocked from now on
         outcome.recorded = subjects.height
-        location = report_store.location
-        audit_path = f"{AUDIT_FOLDER}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.jsonl"
         try:
             engine.erase_pending(outcome)  # also what an earlier run left unconfirmed
         finally:  # a failed run is audited too: what was sent, with its job ids
             steps = ledger.steps(context.run_id)
             withdrawals = withdraw.select("email", "customer_id", "file", "requested_by")
-            audit = audit_lines(context.run_id, names, subjects, withdrawals, outcome, steps)
+            owed = ledger.audit_owed(audit_path, location.exists)  # incl. killed runs' people
+            people, statuses = audit_people(subjects, owed, ledger.subjects())
+            audit = audit_lines(
+                context.run_id, names, people, withdrawals, outcome, steps, statuses
+            )
             location.write_bytes(audit_path, audit)
         for name in names:  # a rejected file is no longer there: moving it does nothing
             requests.move_aside(name, ARCHIVE_DIR, f"run {context.run_id}")
+        # only now: until then the sensor's retry run finishes it (archives the files, and
+        # sees the audit file written, see ErasureLedger.audit_owed)
+        ledger.audit_written(owed["email"].to_list())
         if rejected:
             raise ErasureFileError(
                 f"{len(rejected)} erasure file(s) rejected, moved to "
@@ -304,6 +314,17 @@ def build_erasure_job(executor: dg.ExecutorDefinition) -> AssetJob:
     )
 
 
+def launched_before(context: dg.SensorEvaluationContext, run_key: str | None) -> bool:
+    """The erasure sensor already launched a run under `run_key`: Dagster skips a request
+    with a used key, so the file it names waits for the retry run."""
+    try:
+        instance = context.instance
+    except dg.DagsterInvariantViolationError:  # a sensor context built without an instance
+        return False
+    tags = {"dagster/run_key": run_key or "", "dagster/sensor_name": ERASURE_SENSOR}
+    return bool(run_key) and bool(instance.get_runs(filters=dg.RunsFilter(tags=tags), limit=1))
+
+
 def build_erasure_sensor(
     job: AssetJob,
     config: PipelineConfig,
@@ -315,7 +336,7 @@ def build_erasure_sensor(
     requests_source = erasure_requests(config, folder, location)
 
     @dg.sensor(
-        name="erasure_request_sensor",
+        name=ERASURE_SENSOR,
         job=job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -346,11 +367,16 @@ def build_erasure_sensor(
                 continue  # gone meanwhile
             requests.append(dg.RunRequest(run_key=key, tags={ERASURE_FILE_TAG: name}))
         try:
-            pending = erasure_ledger(sync_state).subjects(PENDING).height
+            ledger = erasure_ledger(sync_state)
+            pending = ledger.subjects(PENDING).height + ledger.audits_owed()
         except PipelineError as error:  # the state cannot be read now: the next tick retries
             context.log.warning(f"erasure ledger not readable: {error}")
             pending = 0
-        if pending and not requests:  # a file's run does the pending people too
+        # A file's new run does the pending people too. A file whose run was launched and
+        # killed is still here under the same key, which Dagster never launches again: the
+        # retry run (no file tag) reads every waiting file, that one included.
+        fresh = [r for r in requests if not launched_before(context, r.run_key)]
+        if pending and not fresh:
             hour = datetime.now(UTC).strftime("%Y%m%dT%H")
             requests.append(
                 dg.RunRequest(
