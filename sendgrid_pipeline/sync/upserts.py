@@ -48,17 +48,19 @@ class Upserts:
         )
         submitted: list[Intent] = []
         rejected = [no_rejections()]
-        for number, batch in enumerate(batches, 1):
+        for batch in batches:
             batch_rows = rows.slice(batch.start, batch.size)
             rejected.append(self._submit(batch_rows, batch.body, submitted, report))
+        if batches:  # one line for the phase (each line is an event written to the run's log)
             self.writes.log.info(
-                "%s: upsert batch %d of %d: %d contacts, %d bytes, job %s",
+                "%s: %d upsert batch(es) sent: %d contacts, %d bytes, %s",
                 self.writes.name,
-                number,
                 len(batches),
-                batch.size,
-                len(batch.body),
-                submitted[-1].job_id if submitted else "(none: every row rejected)",
+                rows.height,
+                sum(len(batch.body) for batch in batches),
+                f"jobs {submitted[0].job_id} ... {submitted[-1].job_id}"
+                if submitted
+                else "no job (every row rejected)",
             )
         report.attempted += rows.height
 
@@ -163,14 +165,15 @@ class Upserts:
             else rows.join(rejected.select("email"), on="email", how="anti")
         )
         state.confirm_upsert(intent.intent_id, accepted)
-        self.writes.log.info(
-            "%s: job %s %s: %d accepted, %d rejected",
-            self.writes.name,
-            job.id,
-            job.status,
-            accepted.height,
-            rejected.height,
-        )
+        if rejected.height:
+            self.writes.log.info(
+                "%s: job %s %s: %d accepted, %d rejected",
+                self.writes.name,
+                job.id,
+                job.status,
+                accepted.height,
+                rejected.height,
+            )
         return accepted.height, rejected
 
     def _job_rejections(self, job: ImportJob, rows: pl.DataFrame) -> pl.DataFrame | None:

@@ -99,6 +99,7 @@ class WriteAhead:
         client = self.client
         first_error: SendGridError | SendGridJobError | None = None
         pending = list(intents)
+        recorded = 0
         interval = client.poll_interval_seconds
         deadline = time.monotonic() + client.job_timeout_seconds
         while pending:
@@ -123,6 +124,14 @@ class WriteAhead:
                 for intent, job in ended:
                     self.crash_hook(f"{intent.kind}_confirmed")
                     settle(intent, job)
+            recorded += len(ended)
+            if ended:  # progress, one line per round in which jobs ended
+                self.log.info(
+                    "%s: %d of %d job(s) done and recorded",
+                    self.name,
+                    recorded,
+                    len(intents),
+                )
             pending = running
             if not pending:
                 break

@@ -174,3 +174,34 @@ def test_writes_inside_a_transaction_commit_together_or_not_at_all(tmp_path: Pat
         for n, intent in enumerate(intents):
             state.confirm_upsert(intent, _rows(f"p{n}@x.io"))
     assert other.member_count() == 3 and other.intents() == [] and other.generation() == 3
+
+
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(size=st.integers(1, 60), batch=st.integers(1, 7))
+def test_run_log_lines_do_not_grow_with_the_number_of_requests(
+    sandbox: SandboxServer, tmp_path_factory, caplog, size: int, batch: int
+) -> None:
+    """Each run-log line is an event the run storage writes (tens of ms with SQLite): a sync
+    logs per phase and per polling round, never per batch or per job that went well."""
+    state_at = tmp_path_factory.mktemp("state") / "state.sqlite"
+    run = state_at.parent.name  # new people each example: the sandbox is the test's
+    names = [f"{run}-p{n}" for n in range(size)]
+    caplog.clear()
+    with caplog.at_level("INFO", logger=log.name):
+        report = sync(
+            sandbox,
+            state_at,
+            people(*names),
+            max_contacts_per_upsert=batch,
+            allow_mass_removal=True,
+        )
+    assert report.upserted == size
+    lines = [r.getMessage() for r in caplog.records if r.name == log.name]
+    batches = -(-size // batch)
+    assert sum("upsert batch(es) sent" in line for line in lines) == 1
+    progress = [line for line in lines if "job(s) done and recorded" in line]
+    assert 1 <= len(progress) <= batches
+    assert progress[-1].endswith(f"{batches} of {batches} job(s) done and recorded")
+    assert not any(" accepted, " in line for line in lines)  # no line per job without rejects
