@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sendgrid_pipeline.assets.profiles import check_customer_ids
 from sendgrid_pipeline.assets.segments import read_membership_file
 from sendgrid_pipeline.errors import ProfileDataError
-from sendgrid_pipeline.profile_source import FileProfileSource
+from sendgrid_pipeline.profile_source import FileProfileSource, LocatedProfiles
 from sendgrid_pipeline_tests.helpers import export, step_failure_messages
 
 CSV_ROW = "(1-based data row, header not counted)"
@@ -371,3 +371,20 @@ def test_a_customer_id_repeated_in_another_file_is_reported_naming_both(generate
         assert "customer_id must be present and unique" in message
         assert owner in message and "zz_repeat" in message
         assert f"{repeated['customer_id'][0]!r} in {owner} row " in message
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "c", "", " a", "A"])), max_size=8))
+def test_customer_ids_are_refused_exactly_when_missing_or_repeated(ids: list[str | None]) -> None:
+    """The quick path for clean ids and the row-by-row report agree with a plain rule."""
+    located = LocatedProfiles(
+        frame=pl.DataFrame({"customer_id": ids}, schema={"customer_id": pl.String}),
+        files=((Path("profiles.csv"), len(ids)),),
+    )
+    present = [i for i in ids if i is not None]
+    bad = len(present) < len(ids) or len(set(present)) < len(present)
+    if bad:
+        with pytest.raises(ProfileDataError, match="customer_id must be present and unique"):
+            check_customer_ids(located, "profiles")
+    else:
+        check_customer_ids(located, "profiles")
