@@ -16,7 +16,10 @@ The order of one run:
    status: its 202 is the confirmation);
 6. mark them erased once everything was confirmed. Anything unconfirmed leaves them pending:
    the next erasure run does it again (every step is harmless to repeat);
-7. write an audit file (JSON lines) without any email in clear.
+7. write an audit file (JSON lines) without any email in clear. Each person's line has a
+   status; exactly one line over all audit files says `erased` for one erasure of a person,
+   even when a run is killed between marking them erased and writing its file (the ledger
+   records which file owes the line; see ErasureLedger.audit_owed).
 """
 
 from __future__ import annotations

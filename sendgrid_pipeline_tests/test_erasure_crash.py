@@ -30,6 +30,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sendgrid_pipeline.assets.erasures import (
     ERASURE_FILE_TAG,
@@ -38,7 +40,7 @@ from sendgrid_pipeline.assets.erasures import (
     ERASURE_SENSOR,
 )
 from sendgrid_pipeline.config import load_config
-from sendgrid_pipeline.erasure import email_hash
+from sendgrid_pipeline.erasure import ErasureOutcome, audit_lines, audit_people, email_hash
 from sendgrid_pipeline.erasure_ledger import ERASED, PENDING, erasure_ledger
 from sendgrid_pipeline.pipeline import PipelineResources
 from sendgrid_pipeline.state import SyncStateResource
@@ -126,28 +128,17 @@ def change_profiles(data_dir: Path, erased: str, bystander: str) -> None:
     pl.concat([edited, back]).write_csv(path)
 
 
-def killed_erasure(data_dir: Path, sandbox: SandboxServer, dsn: str | None, point: str) -> int:
-    """The erasure job for gdpr-0001.csv in a child process that kills itself at `point`."""
-    child = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sendgrid_pipeline_tests.erasure_crash_worker",
-            str(data_dir),
-            sandbox.base_url,
-            dsn or "-",
-            point,
-            "gdpr-0001.csv",
-        ],
-        input=sandbox.api_key + "\n",
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=180,
-        check=False,
-    )
-    assert child.returncode == -signal.SIGKILL, f"not killed at {point}:\n{child.stderr[-3000:]}"
-    return child.returncode
+def killed_erasure(data_dir: Path, sandbox: SandboxServer, dsn: str | None, point: str) -> None:
+    """The erasure job for gdpr-0001.csv in a child process that kills itself at `point`
+    (the key goes on standard input, never on the command line)."""
+    worker = "sendgrid_pipeline_tests.erasure_crash_worker"
+    arguments = [str(data_dir), sandbox.base_url, dsn or "-", point, "gdpr-0001.csv"]
+    pipe = subprocess.PIPE
+    with subprocess.Popen(
+        [sys.executable, "-m", worker, *arguments], stdin=pipe, stderr=pipe, text=True, cwd=REPO
+    ) as child:
+        _, errors = child.communicate(f"{sandbox.api_key}\n", timeout=180)
+    assert child.returncode == -signal.SIGKILL, f"not killed at {point}:\n{errors[-3000:]}"
 
 
 def audit_records(data_dir: Path) -> list[dict]:
@@ -221,6 +212,7 @@ def erase_kill_change_rerun(
     assert first.success, step_failure_messages(first)
     before = members(sandbox, data_dir)
     pair, third, bystander = choose_people(before)
+    assert recorder.sent_since(0, pair[0]) >= 1, "the recorder sees the upsert bodies"
     drop_request(
         data_dir, "gdpr-0001.csv", f"email,requested_by\n{pair[0]},dpo\n{pair[1].upper()},dpo\n"
     )
@@ -311,3 +303,41 @@ def test_sigkill_of_an_erasure_on_the_postgres_state_ends_exact(
     postgres_dsn: str,  # noqa: F811
 ) -> None:
     erase_kill_change_rerun(data_dir, crash_sandbox, recorder, point, postgres_dsn)
+
+
+emails = st.sampled_from([f"p{n}@example.com" for n in range(8)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    requested=st.sets(emails),
+    owed=st.sets(emails),
+    status=st.dictionaries(emails, st.sampled_from([PENDING, ERASED, "withdrawn"])),
+)
+def test_an_audit_file_writes_the_owed_people_erased_once_and_every_requested_person(
+    requested: set[str], owed: set[str], status: dict[str, str]
+) -> None:
+    """Owed people are erased in the ledger (that is how they became owed)."""
+    status = {**status, **dict.fromkeys(owed, ERASED)}
+    text = {"email": pl.String, "customer_id": pl.String, "file": pl.String}
+    subjects = pl.DataFrame(
+        [(e, None, "now.csv", "dpo") for e in sorted(requested)],
+        schema={**text, "requested_by": pl.String},
+        orient="row",
+    )
+    owed_rows = pl.DataFrame(
+        [(e, "C1", "earlier.csv") for e in sorted(owed)],
+        schema={"email": pl.String, "customer_id": pl.String, "request": pl.String},
+        orient="row",
+    )
+    ledger = pl.DataFrame(list(status.items()), schema=["email", "status"], orient="row")
+    people, statuses = audit_people(subjects, owed_rows, ledger)
+    lines = audit_lines("run", ["now.csv"], people, people.clear(), ErasureOutcome(), [], statuses)
+    persons = [json.loads(x) for x in lines.decode().splitlines()][1:]
+    erased = Counter(p["email_sha256"] for p in persons if p["status"] == ERASED)
+    assert erased == Counter({email_hash(e): 1 for e in owed})
+    assert {p["email_sha256"] for p in persons} == {email_hash(e) for e in requested | owed}
+    assert len(persons) == len(requested | owed)
+    for person in persons:
+        if person["status"] == "already_erased":
+            assert person["email_sha256"] not in {email_hash(e) for e in owed}
