@@ -175,3 +175,21 @@ def test_the_cli_materializes_one_destination(tmp_path, data_dir, sandbox) -> No
     list_id = load_validated_config(data_dir).destination("vip_program").list_id
     assert len(sandbox.list_member_emails(list_id)) > 100
     assert (data_dir / "state" / "sync_state.sqlite").is_file()  # the default: <data dir>/state
+
+
+def test_a_process_that_loaded_the_location_exits_without_walking_its_objects() -> None:
+    """Every run process loads the location; at exit the collector's final passes over
+    Dagster's and pandas' objects are skipped (gc.freeze), and the process still exits 0."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import atexit, gc\n"
+        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
+        "import sendgrid_pipeline.definitions\n"
+        "print('frozen before exit:', gc.get_freeze_count() > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.splitlines() == ["frozen before exit: False", "frozen at exit: True"]
