@@ -3,14 +3,16 @@
 Each case: the sample data exported to the sandbox; a request file for two people who are on
 two managed lists; the erasure job in a child process (erasure_crash_worker) that kills itself
 with SIGKILL at one named point; then the world changes (one of the two is added back to the
-profiles under a new customer id, another person's profile is edited, a second request file
-arrives for a third person, and a regular sync runs in between); then the job runs again as
-the sensor's retry run would (no file tag: every waiting file, and every pending person).
+profiles under a new customer id, another person's profile is edited, and a regular sync
+runs in between); then the erasure sensor is ticked, and what it asks run, until it is quiet
+(a request whose run key it already used is skipped, as Dagster skips it), before and after a
+second request file arrives for a third person.
 
 At the end every requested person must be off every list and deleted from the account once,
 nobody else touched, the ledger must say erased for each, the audit files must hold exactly
 one `erased` line per person (a killed audit write leaves only a hidden temporary file, never a
-partial .jsonl), and no upsert body the sandbox received after a person was recorded may
+partial .jsonl; a request file whose people another run finished may stay waiting), and
+no upsert body the sandbox received after a person was recorded may
 carry their address.
 """
 
