@@ -69,6 +69,9 @@ def unmatched_ids(ids: pl.DataFrame, profiles: pl.DataFrame) -> pl.Series:
 
 def overlaps(membership: pl.DataFrame, segments: pl.Series) -> pl.DataFrame:
     """Members shared by each pair of segments (the diagonal is each segment's size)."""
+    if segments.len() == 1:  # no pairs: the size alone, without joining a million members
+        size = membership.filter(pl.col("segment_id") == segments[0]).height
+        return pl.DataFrame({"segment": segments, segments[0]: [size]})
     pairs = membership.join(membership, on="customer_id", suffix="_other")
     counts = pairs.group_by("segment_id", "segment_id_other").len("shared")
     wide = counts.pivot(on="segment_id_other", index="segment_id", values="shared")
@@ -101,7 +104,10 @@ def segment_figures(
     )
     return {
         "dagster/row_count": own.height,
-        "profiles_in_any_segment": own["customer_id"].n_unique(),
+        # one row per (customer, segment): with one segment, each row is a profile
+        "profiles_in_any_segment": own.height
+        if len(segments) == 1
+        else own["customer_id"].n_unique(),
         "segments": table_metadata(table),
         # a matrix with a column per segment
         "segment_overlaps": table_metadata(overlaps(own, table["segment"])),
