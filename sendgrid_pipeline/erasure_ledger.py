@@ -7,15 +7,26 @@ erasure itself fails half way. They become `erased` once every request of the er
 confirmed; a `pending` person is erased again by the next erasure run (every step is
 harmless to repeat). `withdrawn` lifts the block.
 
+One erasure run at a time (`ErasureLedger.run_lock`): a run holds the ledger's lock from
+reading the pending people to writing its audit file, so two runs (two files dropped at
+once, a hand-launched run beside a sensor run, two pods) never erase one person twice. The
+lock is the sync state's kind of lock, under a key of its own: an OS file lock beside the
+SQLite file, or a session advisory lock in PostgreSQL; a killed holder frees it. Lock order:
+the erasure lock first, then list locks (ListState.lock) one at a time; a sync takes list
+locks only and never the erasure lock, so the two can never wait on each other in a cycle.
+
 Emails are kept in clear here, as the member records beside them are: the block must match
 them. Nothing that leaves the pipeline (logs, metadata, the audit file) shows them in clear.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,8 +108,24 @@ CREATE TABLE IF NOT EXISTS erasure_audits (
     audit_file TEXT NOT NULL,  -- the audit file the run that erased them writes
     written_at TEXT  -- null until a run saw that file written (or wrote the person in its own)
 );
+CREATE TABLE IF NOT EXISTS erasure_lock_holder (
+    name TEXT NOT NULL PRIMARY KEY,  -- 'erasure'
+    run_id TEXT NOT NULL,  -- the run that holds (or last held) the erasure lock
+    since TEXT NOT NULL
+);
 """
 _SCHEMA_LOCK = 0x5347_4552  # advisory lock key serializing schema creation ("SGER")
+
+# the one erasure run lock of a PostgreSQL state (a key of its own, beside the list locks)
+_RUN_LOCK = int.from_bytes(
+    hashlib.sha256(b"sendgrid-erasure\0ledger").digest()[:8], "big", signed=True
+)
+ERASURE_LOCK_WAIT_SECONDS = 600.0  # how long a second erasure run waits for the first
+
+
+class ErasureLedgerBusy(StateStoreError):
+    """Another erasure run held the ledger for longer than this run would wait."""
+
 
 _UPSERT_SUBJECT = (
     "INSERT INTO erasure_subjects (email, customer_id, status, request, requested_by, "
@@ -129,11 +156,49 @@ class Step:
     status: str
 
 
+def _wait_for_lock(
+    try_lock: Callable[[], bool],
+    holder: Callable[[], str],
+    where: str,
+    wait_seconds: float,
+    on_wait: Callable[[str], None] | None,
+) -> None:
+    """Poll `try_lock` until it succeeds; after `wait_seconds`, ErasureLedgerBusy naming the
+    run that holds the lock. `on_wait(holder)` is called once, when the lock was held."""
+    deadline = time.monotonic() + wait_seconds
+    told = False
+    while not try_lock():
+        if time.monotonic() >= deadline:
+            raise ErasureLedgerBusy(
+                f"Erasure ledger in {where}: erasure run {holder() or '(unknown run)'} holds it; "
+                f"waited {wait_seconds:.0f}s for it to finish. Nothing was sent by this run; "
+                "its people are recorded (blocked from every sync), and the erasure sensor's "
+                "hourly retry run erases them once that run has ended."
+            )
+        if not told and on_wait is not None:
+            on_wait(holder() or "(unknown run)")
+            told = True
+        time.sleep(0.2)
+
+
 class ErasureLedger:
     """The ledger over one database; SQL is shared, placeholders and connections differ."""
 
     placeholder = "?"
     path: str
+
+    def run_lock(
+        self,
+        run_id: str,
+        wait_seconds: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> AbstractContextManager[None]:  # pragma: no cover - implemented below
+        """One erasure run at a time, across processes and pods (see the module docstring).
+
+        Waits up to `wait_seconds` (default ERASURE_LOCK_WAIT_SECONDS; 0: not at all), then
+        raises ErasureLedgerBusy naming the holder; `on_wait(holder)` when it has to wait.
+        """
+        raise NotImplementedError
 
     @contextmanager
     def _cursor(self) -> Iterator[object]:  # pragma: no cover - implemented below
@@ -193,6 +258,33 @@ class ErasureLedger:
             () if status is None else (status,),
         )
         return pl.DataFrame(rows, schema=SUBJECT_SCHEMA, orient="row")
+
+    def carried_out(self, rows: pl.DataFrame) -> bool:
+        """Whether the ledger shows every row of a request file (erasure.ROW_SCHEMA) done:
+        each person to erase recorded and no longer pending (erased, or withdrawn since), each
+        withdrawal no longer blocked. A file the brake refused was never recorded: False."""
+        ledger = self.subjects().select("email", "customer_id", "status")
+        by_email = ledger.select("email", pl.col("status").alias("s"))
+        by_id = (
+            ledger.filter(pl.col("customer_id").is_not_null())
+            .group_by("customer_id")
+            .agg(
+                (pl.col("status") == PENDING).any().alias("any_pending"),
+                (pl.col("status") != WITHDRAWN).any().alias("any_blocked"),
+            )
+        )
+        erase = rows.filter(pl.col("action") == "erase")
+        given = erase.filter(pl.col("email").is_not_null())
+        with_email = given.join(by_email, on="email", how="left")
+        if with_email.filter(pl.col("s").is_null() | (pl.col("s") == PENDING)).height:
+            return False
+        only_id = erase.filter(pl.col("email").is_null()).join(by_id, on="customer_id", how="left")
+        if only_id.filter(pl.col("any_pending").is_null() | pl.col("any_pending")).height:
+            return False
+        withdraw = rows.filter(pl.col("action") == "withdraw")
+        still = withdraw.join(by_email, on="email", how="inner").filter(pl.col("s") != WITHDRAWN)
+        still_ids = withdraw.join(by_id, on="customer_id", how="inner").filter("any_blocked")
+        return not still.height and not still_ids.height
 
     def blocked(self) -> pl.DataFrame:
         """The do-not-export rows of everyone erased or being erased (reason `erased`)."""
@@ -340,6 +432,39 @@ class SqliteErasureLedger(ErasureLedger):
             cursor.executescript(_SQLITE_SCHEMA)
 
     @contextmanager
+    def run_lock(
+        self,
+        run_id: str,
+        wait_seconds: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Iterator[None]:
+        """An OS file lock beside the state file (the kernel frees it when its holder dies,
+        even by SIGKILL), holding the holder's run id."""
+        wait = ERASURE_LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
+        with open(f"{self.path}.erasure.lock", "a+", encoding="utf-8") as handle:
+
+            def try_lock() -> bool:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                return True
+
+            def holder() -> str:
+                handle.seek(0)
+                return handle.read().strip()
+
+            _wait_for_lock(try_lock, holder, self.path, wait, on_wait)
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(run_id)
+                handle.flush()
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
     def _cursor(self) -> Iterator[sqlite3.Cursor]:
         try:
             db = sqlite3.connect(self.path, timeout=30)
@@ -371,6 +496,57 @@ class PostgresErasureLedger(ErasureLedger):
 
     def __repr__(self) -> str:
         return f"PostgresErasureLedger({self.path!r})"
+
+    @contextmanager
+    def run_lock(
+        self,
+        run_id: str,
+        wait_seconds: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Iterator[None]:
+        """A session advisory lock on a connection of its own (the server frees it when that
+        connection ends: a killed holder or a lost pod frees the ledger); the holder's run id
+        in erasure_lock_holder."""
+        import psycopg2
+
+        wait = ERASURE_LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
+        try:
+            holder_db = psycopg2.connect(
+                self.dsn,
+                connect_timeout=self.connect_timeout_seconds,
+                application_name="sendgrid_pipeline",
+            )
+        except psycopg2.Error as error:
+            raise _explain(self.path, error, retryable=True) from None
+        holder_db.autocommit = True
+        try:
+            with holder_db.cursor() as cursor:
+
+                def try_lock() -> bool:
+                    cursor.execute("SELECT pg_try_advisory_lock(%s)", (_RUN_LOCK,))
+                    return bool(cursor.fetchone()[0])
+
+                def holder() -> str:
+                    cursor.execute("SELECT run_id FROM erasure_lock_holder WHERE name = 'erasure'")
+                    row = cursor.fetchone()
+                    return row[0] if row else ""
+
+                _wait_for_lock(try_lock, holder, self.path, wait, on_wait)
+                cursor.execute(
+                    "INSERT INTO erasure_lock_holder VALUES ('erasure', %s, %s) ON CONFLICT "
+                    "(name) DO UPDATE SET run_id = excluded.run_id, since = excluded.since",
+                    (run_id, _now()),
+                )
+            try:
+                yield
+            finally:
+                with holder_db.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", (_RUN_LOCK,))
+        except psycopg2.Error as error:
+            retryable = isinstance(error, psycopg2.OperationalError)
+            raise _explain(self.path, error, retryable=retryable) from None
+        finally:
+            holder_db.close()
 
     @contextmanager
     def _cursor(self) -> Iterator[object]:

@@ -11,8 +11,8 @@ second request file arrives for a third person.
 At the end every requested person must be off every list and deleted from the account once,
 nobody else touched, the ledger must say erased for each, the audit files must hold exactly
 one `erased` line per person (a killed audit write leaves only a hidden temporary file, never a
-partial .jsonl; a request file whose people another run finished may stay waiting), and
-no upsert body the sandbox received after a person was recorded may
+partial .jsonl), no request file may stay waiting (the killed run's file is archived by a
+sensor tick once the ledger shows its people erased), and no upsert body the sandbox received after a person was recorded may
 carry their address.
 """
 
@@ -222,9 +222,10 @@ def erase_kill_change_rerun(
     # the sensor launches the file's run (its key recorded), whose process is killed
     (request,) = sensor_requests(data_dir, resources, instance)
     job = definitions(data_dir, resources=resources).resolve_job_def(ERASURE_JOB)
-    instance.create_run_for_job(job, tags={**request.tags, **launch_tags(request)})
+    run = instance.create_run_for_job(job, tags={**request.tags, **launch_tags(request)})
     recorded_at = time.time()
     killed_erasure(data_dir, sandbox, dsn, point)
+    instance.report_run_failed(run)  # what Dagster's run monitoring says of a killed run
     ledger = erasure_ledger(resources.sync_state)
     assert set(ledger.subjects()["email"]) == set(pair), "the ledger lost a recorded person"
     marked = point in ("marked", "audit_write", "audited")
@@ -244,7 +245,7 @@ def erase_kill_change_rerun(
     if point in LATE_FILE:
         retried = run_sensor_until_quiet(data_dir, resources, instance)
         assert [ERASURE_RETRY_TAG in tags for tags in retried] == [True], retried
-        assert not (data_dir / "erasures" / "gdpr-0001.csv").exists(), "the retry read it"
+        assert not (data_dir / "erasures" / "gdpr-0001.csv").exists(), "a tick archived it"
     drop_request(data_dir, "gdpr-0002.csv", f"email\n{third}\n")
     launched = run_sensor_until_quiet(data_dir, resources, instance)
     assert [tags.get(ERASURE_FILE_TAG) for tags in launched] == ["gdpr-0002.csv"], launched
@@ -263,7 +264,9 @@ def erase_kill_change_rerun(
     assert set(asked) == erased
     assert ledger.subjects()[["email", "status"]].rows() == sorted((e, ERASED) for e in erased)
     waiting = [p.name for p in (data_dir / "erasures").glob("*.csv")]
-    assert "gdpr-0002.csv" not in waiting, "the new request file is archived"
+    assert waiting == [], "the new file is archived by its run, the killed run's by a tick"
+    notes = [p.read_text() for p in (data_dir / "erasures" / "archive").glob("*.result.txt")]
+    assert sum("carried out by later erasure runs" in n for n in notes) == 1, notes
 
     records = audit_records(data_dir)
     completions = Counter(

@@ -32,7 +32,13 @@ from sendgrid_pipeline.erasure import (
     read_erasure_file,
     resolve_subjects,
 )
-from sendgrid_pipeline.erasure_ledger import ERASED, PENDING, erasure_ledger
+from sendgrid_pipeline.erasure_ledger import (
+    ERASED,
+    PENDING,
+    ErasureLedger,
+    ErasureLedgerBusy,
+    erasure_ledger,
+)
 from sendgrid_pipeline.errors import PipelineError
 from sendgrid_pipeline.io_manager import ReportStore
 from sendgrid_pipeline.object_storage import (
@@ -197,7 +203,10 @@ def build_erasures_asset(
         tags = context.run.tags
         wanted = tags.get(ERASURE_FILE_TAG)
         rows, rejected, names = [], [], []
-        for name in [wanted] if wanted else requests.names():
+        # a retry run reads no file: it erases the people earlier runs recorded (a refused
+        # file, never recorded, is not retried every hour; see build_erasure_sensor)
+        waiting = [] if tags.get(ERASURE_RETRY_TAG) else requests.names()
+        for name in [wanted] if wanted else waiting:
             try:
                 read = requests.read(name)
             except ErasureFileError as error:
@@ -231,7 +240,6 @@ def build_erasures_asset(
         already = set(ledger.subjects(ERASED)["email"].to_list())
         new = [e for e in subjects["email"].to_list() if e not in already]
         location = report_store.location
-        audit_path = f"{AUDIT_FOLDER}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.jsonl"
         engine = ErasureEngine(
             config,
             ledger,
@@ -239,35 +247,44 @@ def build_erasures_asset(
             lambda account: sendgrid.client(account),
             context.run_id,
             context.log.info,
-            audit_file=audit_path,
         )
         allowed = tags.get(ALLOW_MASS_ERASURE_TAG, "").lower() == "true"
         check_erasure_brake(new, engine.list_hits(new), allowed)
 
         outcome = ErasureOutcome(erase_rows=erase.height, withdraw_rows=withdraw.height)
+        # write-ahead, before the run lock: blocked from now on, even while this run waits
         outcome.withdrawn = ledger.withdraw(
             withdraw["email"].drop_nulls().to_list(),
             withdraw["customer_id"].drop_nulls().to_list(),
         )
         for name, part in subjects.group_by("file", maintain_order=True):
-            ledger.record(part, request=str(name[0]))  # write-ahead: blocked from now on
+            ledger.record(part, request=str(name[0]))
         outcome.recorded = subjects.height
-        try:
-            engine.erase_pending(outcome)  # also what an earlier run left unconfirmed
-        finally:  # a failed run is audited too: what was sent, with its job ids
-            steps = ledger.steps(context.run_id)
-            withdrawals = withdraw.select("email", "customer_id", "file", "requested_by")
-            owed = ledger.audit_owed(audit_path, location.exists)  # incl. killed runs' people
-            people, statuses = audit_people(subjects, owed, ledger.subjects())
-            audit = audit_lines(
-                context.run_id, names, people, withdrawals, outcome, steps, statuses
-            )
-            location.write_bytes(audit_path, audit)
-        for name in names:  # a rejected file is no longer there: moving it does nothing
-            requests.move_aside(name, ARCHIVE_DIR, f"run {context.run_id}")
-        # only now: until then the sensor's retry run finishes it (archives the files, and
-        # sees the audit file written, see ErasureLedger.audit_owed)
-        ledger.audit_written(owed["email"].to_list())
+
+        # one erasure run at a time, from reading the pending people to the audit file: a
+        # second run waits, then finds the first one's people erased (already_erased)
+        def tell_wait(holder: str) -> None:
+            context.log.info(f"erasure run {holder} holds the erasure ledger; waiting for it")
+
+        with ledger.run_lock(context.run_id, on_wait=tell_wait):
+            audit_path = f"{AUDIT_FOLDER}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.jsonl"
+            engine.audit_file = audit_path
+            try:
+                engine.erase_pending(outcome)  # also what an earlier run left unconfirmed
+            finally:  # a failed run is audited too: what was sent, with its job ids
+                steps = ledger.steps(context.run_id)
+                withdrawals = withdraw.select("email", "customer_id", "file", "requested_by")
+                owed = ledger.audit_owed(audit_path, location.exists)  # incl. killed runs'
+                people, statuses = audit_people(subjects, owed, ledger.subjects())
+                audit = audit_lines(
+                    context.run_id, names, people, withdrawals, outcome, steps, statuses
+                )
+                location.write_bytes(audit_path, audit)
+            for name in names:  # a rejected file is no longer there: moving it does nothing
+                requests.move_aside(name, ARCHIVE_DIR, f"run {context.run_id}")
+            # only now: until then the sensor's retry run finishes it (the sensor archives
+            # the files, the retry sees the audit file written, see ErasureLedger.audit_owed)
+            ledger.audit_written(owed["email"].to_list())
         if rejected:
             raise ErasureFileError(
                 f"{len(rejected)} erasure file(s) rejected, moved to "
@@ -325,6 +342,67 @@ def launched_before(context: dg.SensorEvaluationContext, run_key: str | None) ->
     return bool(run_key) and bool(instance.get_runs(filters=dg.RunsFilter(tags=tags), limit=1))
 
 
+# a run under these is about to read its file itself (or is being stopped): not archived yet
+NOT_YET_ENDED = (
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.CANCELING,
+)
+
+
+def archive_carried_out(
+    context: dg.SensorEvaluationContext,
+    requests: ErasureRequests,
+    ledger: ErasureLedger,
+    used: dict[str, str],
+) -> list[str]:
+    """Archive the waiting files whose people other runs finished; returns their names.
+
+    `used`: name -> run key of the waiting files whose key this sensor already launched (Dagster
+    never launches a key twice, so nothing else would move them). A file is archived when
+    1. no run under its key is queued, starting or being canceled (such a run reads it itself;
+       a run still `STARTED` may have been killed: Dagster says so only with run monitoring),
+    2. the erasure ledger shows every row of it carried out: each person to erase recorded and
+       no longer pending (erased, or withdrawn since), each withdrawal no longer blocked, and
+    3. the erasure run lock is free (taken without waiting, held while moving): no run is
+       between reading the pending people and writing its audit.
+    A file the brake refused was never recorded: it fails 2 and waits for a run with the
+    override tag, as before; it is never retried (the hourly retry run reads no file). The
+    audit lines of its people are in the audit files of the runs that erased them.
+    """
+    if not used:
+        return []
+    instance = context.instance
+    archived: list[str] = []
+    try:
+        with ledger.run_lock(f"sensor {ERASURE_SENSOR}", wait_seconds=0):
+            for name, key in used.items():
+                tags = {"dagster/run_key": key, "dagster/sensor_name": ERASURE_SENSOR}
+                runs = instance.get_runs(filters=dg.RunsFilter(tags=tags))
+                if any(run.status in NOT_YET_ENDED for run in runs):
+                    continue
+                try:
+                    rows = requests.read(name)
+                except (PipelineError, ObjectStorageError) as error:
+                    context.log.warning(f"{requests.url_for(name)}: not archived: {error}")
+                    continue
+                if rows is None or not ledger.carried_out(rows):
+                    continue
+                ended = ", ".join(f"run {r.run_id} {r.status.value.lower()}" for r in runs)
+                moved = requests.move_aside(
+                    name,
+                    ARCHIVE_DIR,
+                    f"carried out by later erasure runs (this file's {ended}); the erasure "
+                    "ledger shows every person in it erased or withdrawn",
+                )
+                context.log.info(f"{requests.url_for(name)}: carried out, moved to {moved}")
+                archived.append(name)
+    except ErasureLedgerBusy:
+        return archived  # an erasure run is working: the next tick looks again
+    return archived
+
+
 def build_erasure_sensor(
     job: AssetJob,
     config: PipelineConfig,
@@ -346,7 +424,8 @@ def build_erasure_sensor(
         "sendgrid_erasure_job once; the run archives the file (erasures/archive/) or rejects "
         "it (erasures/rejected/, with the reason). A refused run leaves the file in place. "
         "While the erasure ledger holds people an earlier run could not confirm, it asks for "
-        "one retry run an hour.",
+        "one retry run an hour; a file whose run was killed is archived once the ledger shows "
+        "its people erased.",
     )
     def erasure_request_sensor(
         context: dg.SensorEvaluationContext, sync_state: SyncStateResource
@@ -366,15 +445,23 @@ def build_erasure_sensor(
             if key is None:
                 continue  # gone meanwhile
             requests.append(dg.RunRequest(run_key=key, tags={ERASURE_FILE_TAG: name}))
+        used = {
+            r.tags[ERASURE_FILE_TAG]: r.run_key or ""
+            for r in requests
+            if launched_before(context, r.run_key)
+        }
         try:
             ledger = erasure_ledger(sync_state)
+            # a file whose run was launched and killed is still here under the same key,
+            # which Dagster never launches again: archived once its people are done
+            archived = archive_carried_out(context, requests_source, ledger, used)
+            requests = [r for r in requests if r.tags[ERASURE_FILE_TAG] not in archived]
             pending = ledger.subjects(PENDING).height + ledger.audits_owed()
         except PipelineError as error:  # the state cannot be read now: the next tick retries
             context.log.warning(f"erasure ledger not readable: {error}")
             pending = 0
-        # A file's new run does the pending people too. A file whose run was launched and
-        # killed is still here under the same key, which Dagster never launches again: the
-        # retry run (no file tag) reads every waiting file, that one included.
+        # A file's new run does the pending people too; else one retry run an hour (it reads
+        # no file: it erases whom earlier runs recorded, then a tick archives their files).
         fresh = [r for r in requests if not launched_before(context, r.run_key)]
         if pending and not fresh:
             hour = datetime.now(UTC).strftime("%Y%m%dT%H")
