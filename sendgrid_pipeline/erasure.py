@@ -20,6 +20,10 @@ The order of one run:
    status; exactly one line over all audit files says `erased` for one erasure of a person,
    even when a run is killed between marking them erased and writing its file (the ledger
    records which file owes the line; see ErasureLedger.audit_owed).
+
+Steps 5 to 7 run under the ledger's one erasure lock (ErasureLedger.run_lock): a second run
+waits, then finds the first run's people erased. Locks are always taken in one order: the
+erasure lock, then each list's lock in turn (a sync takes list locks only).
 """
 
 from __future__ import annotations
