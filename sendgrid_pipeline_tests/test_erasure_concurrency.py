@@ -10,6 +10,7 @@ people erased, while a file the brake refused stays waiting and is never retried
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
@@ -19,16 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sendgrid_pipeline.erasure as erasure_engine
 import sendgrid_pipeline.erasure_ledger as erasure_ledger_module
 from sendgrid_pipeline.assets.erasures import ERASURE_FILE_TAG, ERASURE_JOB, ERASURE_RETRY_TAG
 from sendgrid_pipeline.config import load_config
-from sendgrid_pipeline.erasure import email_hash
-from sendgrid_pipeline.erasure_ledger import ERASED, PENDING, erasure_ledger
+from sendgrid_pipeline.erasure import ROW_SCHEMA, email_hash
+from sendgrid_pipeline.erasure_ledger import (
+    ERASED,
+    PENDING,
+    WITHDRAWN,
+    SqliteErasureLedger,
+    erasure_ledger,
+)
 from sendgrid_pipeline.pipeline import PipelineResources
-from sendgrid_pipeline.state import SyncStateResource
+from sendgrid_pipeline.state import SyncStateResource, SyncStateStore
 from sendgrid_pipeline_tests.deploy.conftest import postgres_dsn  # noqa: F401 (a fixture)
 from sendgrid_pipeline_tests.devkit.sandbox import SandboxServer
 from sendgrid_pipeline_tests.helpers import (
@@ -340,3 +350,95 @@ def test_a_killed_runs_file_is_archived_and_a_refused_file_stays_unretried(
     )
     assert completions == Counter({email_hash(e): 1 for e in pair}), records
     assert not any(e in json.dumps(records) for e in pair), "an address in clear"
+
+
+people_emails = st.sampled_from([f"p{n}@example.com" for n in range(6)])
+customer = st.sampled_from(["C1", "C2", "C3"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ledger_rows=st.dictionaries(
+        people_emails, st.tuples(customer, st.sampled_from([PENDING, ERASED, WITHDRAWN]))
+    ),
+    file_rows=st.lists(
+        st.tuples(
+            st.none() | people_emails, st.none() | customer, st.sampled_from(["erase", "withdraw"])
+        ).filter(lambda row: row[0] is not None or row[1] is not None),
+        max_size=6,
+    ),
+)
+def test_a_file_is_carried_out_when_the_ledger_shows_each_of_its_rows_done(
+    tmp_path_factory: pytest.TempPathFactory,
+    ledger_rows: dict[str, tuple[str, str]],
+    file_rows: list[tuple[str | None, str | None, str]],
+) -> None:
+    ledger = SqliteErasureLedger(tmp_path_factory.mktemp("ledger") / "sync_state.sqlite")
+    subjects = pl.DataFrame(
+        [(e, c, None) for e, (c, _) in sorted(ledger_rows.items())],
+        schema={"email": pl.String, "customer_id": pl.String, "requested_by": pl.String},
+        orient="row",
+    )
+    ledger.record(subjects, "earlier.csv")
+    ledger.mark_erased([e for e, (_, s) in ledger_rows.items() if s == ERASED])
+    ledger.withdraw([e for e, (_, s) in ledger_rows.items() if s == WITHDRAWN], [])
+    rows = pl.DataFrame(
+        [("f.csv", n + 1, e, c, a, None) for n, (e, c, a) in enumerate(file_rows)],
+        schema=ROW_SCHEMA,
+        orient="row",
+    )
+    status = {e: s for e, (_, s) in ledger_rows.items()}
+    of_id: dict[str, list[str]] = {}
+    for c, s in ledger_rows.values():
+        of_id.setdefault(c, []).append(s)
+
+    def done(email: str | None, cid: str | None, action: str) -> bool:
+        if action == "erase" and email is not None:
+            return status.get(email) in (ERASED, WITHDRAWN)
+        if action == "erase":
+            return bool(of_id.get(cid)) and PENDING not in of_id[cid]
+        blocked_email = email is not None and status.get(email) in (PENDING, ERASED)
+        blocked_id = cid is not None and any(s != WITHDRAWN for s in of_id.get(cid, []))
+        return not blocked_email and not blocked_id
+
+    assert ledger.carried_out(rows) == all(done(*row) for row in file_rows)
+
+
+def test_locks_are_taken_in_one_order_erasure_then_lists(
+    data_dir: Path, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An erasure takes the erasure lock, then list locks one at a time; a sync takes list
+    locks only: no two runs can each hold a lock the other waits for."""
+    events: list[tuple[str, str]] = []  # (lock, "+" taken | "-" released)
+
+    def logged(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        @contextlib.contextmanager
+        def wrapper(*args: Any, **kwargs: Any) -> Iterator[None]:
+            with original(*args, **kwargs):
+                events.append((name, "+"))
+                try:
+                    yield
+                finally:
+                    events.append((name, "-"))
+
+        return wrapper
+
+    monkeypatch.setattr(SyncStateStore, "list_lock", logged("list", SyncStateStore.list_lock))
+    monkeypatch.setattr(
+        SqliteErasureLedger, "run_lock", logged("erasure", SqliteErasureLedger.run_lock)
+    )
+    resources, instance, _ = prepared(data_dir, sandbox, None)
+    synced = list(events)
+    assert ("list", "+") in synced and ("erasure", "+") not in synced, synced
+    events.clear()
+    config = load_config(data_dir)
+    lists = [sandbox.list_member_emails(d.list_id) for d in config.destinations]
+    on_two = sorted(set.intersection(*lists[:2]))[0]
+    drop_request(data_dir, "order.csv", f"email\n{on_two}\n")
+    job = definitions(data_dir, resources=resources).resolve_job_def(ERASURE_JOB)
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert result.success, step_failure_messages(result)
+    assert events[0] == ("erasure", "+") and events[-1] == ("erasure", "-"), events
+    inner = events[1:-1]
+    assert inner.count(("list", "+")) >= 2, "the person was on two lists"
+    assert inner == [("list", "+"), ("list", "-")] * (len(inner) // 2), "one list at a time"
