@@ -264,6 +264,8 @@ def held_lock_times_out(
     # recorded before it waited: blocked from every sync, and pending for the retry run
     assert ledger.subjects()[["email", "status"]].rows() == [(person, PENDING)]
     assert (data_dir / "erasures" / "late.csv").exists()
+    statuses = [(r["email_sha256"], r["status"]) for r in audit_records(data_dir)[1:]]
+    assert statuses == [(email_hash(person), PENDING)], "audited: recorded, not erased"
 
     # the lock is free: the sensor's retry run erases the person, a tick archives the file
     launched = run_sensor_until_quiet(data_dir, resources, instance)
@@ -275,6 +277,9 @@ def held_lock_times_out(
     notes = list((data_dir / "erasures" / "archive").glob("late.*.result.txt"))
     assert len(notes) == 1 and "carried out by later erasure runs" in notes[0].read_text()
     assert "failure" in notes[0].read_text(), "the note names the failed run"
+    records = audit_records(data_dir)
+    erased = [r for r in records if r["record"] == "person" and r["status"] == ERASED]
+    assert [r["email_sha256"] for r in erased] == [email_hash(person)], records
 
 
 def sandbox_id_of(deletions: DeletionRecorder, email: str, sandbox: SandboxServer) -> str:
