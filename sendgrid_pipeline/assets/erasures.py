@@ -5,6 +5,11 @@ Request files are read where export request files are: `<data dir>/erasures/` (a
 links never followed), or `<storage base>/erasures/` when the storage base is an object store,
 so that the sensor and every run pod see the same files (see pipeline.PipelineResources). A
 processed file moves to archive/, a refused one to rejected/, each with a note beside it.
+
+Erasure runs never overlap: each holds the erasure ledger's lock (ErasureLedger.run_lock) from
+reading the pending people to writing its audit file. A file whose run was killed keeps its
+run key, which Dagster never launches again: the sensor archives it once the ledger shows its
+people done (see archive_carried_out); a file the brake refused waits for the override tag.
 """
 
 import contextlib
@@ -477,7 +482,7 @@ def build_erasure_sensor(
             pending = 0
         # A file's new run does the pending people too; else one retry run an hour (it reads
         # no file: it erases whom earlier runs recorded, then a tick archives their files).
-        fresh = [r for r in requests if not launched_before(context, r.run_key)]
+        fresh = [r for r in requests if r.tags[ERASURE_FILE_TAG] not in used]
         if pending and not fresh:
             hour = datetime.now(UTC).strftime("%Y%m%dT%H")
             requests.append(
