@@ -30,10 +30,11 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from sendgrid_pipeline.state import StateStoreError, SyncStateResource, SyncStateStore
+from sendgrid_pipeline.state import StateStoreError, SyncStateResource, SyncStateStore, holding
 
 PENDING = "pending"
 ERASED = "erased"
@@ -455,14 +456,8 @@ class SqliteErasureLedger(ErasureLedger):
                 return handle.read().strip()
 
             _wait_for_lock(try_lock, holder, self.path, wait, on_wait)
-            try:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(run_id)
-                handle.flush()
+            with holding(handle, run_id):
                 yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
     def _cursor(self) -> Iterator[sqlite3.Cursor]:
@@ -510,14 +505,7 @@ class PostgresErasureLedger(ErasureLedger):
         import psycopg2
 
         wait = ERASURE_LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds
-        try:
-            holder_db = psycopg2.connect(
-                self.dsn,
-                connect_timeout=self.connect_timeout_seconds,
-                application_name="sendgrid_pipeline",
-            )
-        except psycopg2.Error as error:
-            raise _explain(self.path, error, retryable=True) from None
+        holder_db = self._connect()
         holder_db.autocommit = True
         try:
             with holder_db.cursor() as cursor:
@@ -548,18 +536,24 @@ class PostgresErasureLedger(ErasureLedger):
         finally:
             holder_db.close()
 
-    @contextmanager
-    def _cursor(self) -> Iterator[object]:
+    def _connect(self) -> Any:
+        """A new connection; a server that cannot be reached is a retryable error."""
         import psycopg2
 
         try:
-            db = psycopg2.connect(
+            return psycopg2.connect(
                 self.dsn,
                 connect_timeout=self.connect_timeout_seconds,
                 application_name="sendgrid_pipeline",
             )
         except psycopg2.Error as error:
             raise _explain(self.path, error, retryable=True) from None
+
+    @contextmanager
+    def _cursor(self) -> Iterator[object]:
+        import psycopg2
+
+        db = self._connect()
         try:
             with db, db.cursor() as cursor:
                 yield cursor

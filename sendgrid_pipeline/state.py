@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 import dagster as dg
 import polars as pl
@@ -139,6 +140,20 @@ def _explain(path: Path, error: sqlite3.Error) -> StateStoreError:
             "segments while the state was lost are then kept, not removed)"
         )
     return StateStoreError(f"Sync state {path}: {text} ({type(error).__name__}); {advice}")
+
+
+@contextmanager
+def holding(handle: IO[str], run_id: str) -> Iterator[None]:
+    """A lock file just locked (flock): its holder's run id written in it, for whoever waits
+    to name; unlocked at the end."""
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(run_id)
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _bump(db: sqlite3.Connection, destination: str, list_id: str) -> None:
@@ -525,14 +540,8 @@ class SyncStateStore:
                             "Rerun when that run has ended."
                         ) from None
                     time.sleep(0.2)
-            try:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(run_id)
-                handle.flush()
+            with holding(handle, run_id):
                 yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def has_uncertain(self, destination: str, list_id: str) -> int:
         """How many members have an unconfirmed change."""
