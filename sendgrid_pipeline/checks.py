@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import OrderedDict
 
@@ -71,6 +72,7 @@ CONTACTS_SCHEMA = pa.DataFrameSchema(
 # as an input): what passed once passes again, so each later check only fingerprints it.
 _PASSED: OrderedDict[tuple[str, tuple[object, ...]], None] = OrderedDict()
 _PASSED_KEPT = 32
+_PASSED_LOCK = threading.Lock()  # steps of a run may share a process (in-process executor)
 
 
 def frame_fingerprint(frame: pl.DataFrame) -> tuple[object, ...]:
@@ -83,9 +85,11 @@ def frame_fingerprint(frame: pl.DataFrame) -> tuple[object, ...]:
 
 def record_passed(schema: pa.DataFrameSchema, frame: pl.DataFrame) -> None:
     """Remember that `frame` passed `schema` (validated by it, or by a stricter schema)."""
-    _PASSED[(str(schema.name), frame_fingerprint(frame))] = None
-    while len(_PASSED) > _PASSED_KEPT:
-        _PASSED.popitem(last=False)
+    key = (str(schema.name), frame_fingerprint(frame))
+    with _PASSED_LOCK:
+        _PASSED[key] = None
+        while len(_PASSED) > _PASSED_KEPT:
+            _PASSED.popitem(last=False)
 
 
 def _memoized_dagster_type(schema: pa.DataFrameSchema) -> dg.DagsterType:
