@@ -36,7 +36,8 @@ MAX_LOCAL_PART = 64
 DO_NOT_EXPORT_SCHEMA = {"email": pl.String, "customer_id": pl.String, "reason": pl.String}
 DO_NOT_EXPORT_DETAIL = "on the do-not-export list"
 # When several reasons match one profile, the first of these wins (others: alphabetical).
-DO_NOT_EXPORT_PRIORITY = ("erased",)
+ERASED = "erased"
+DO_NOT_EXPORT_PRIORITY = (ERASED,)
 
 REJECTION_SCHEMA = {
     "destination": pl.String,
@@ -169,6 +170,27 @@ def _do_not_export_reasons(do_not_export: pl.DataFrame) -> tuple[pl.LazyFrame, p
     return first_reason("email", "_dne_email"), first_reason("customer_id", "_dne_id")
 
 
+def _erased_by_alternate(mapped: pl.DataFrame, by_email: pl.LazyFrame) -> pl.LazyFrame:
+    """customer_id -> `erased` for profiles whose alternate emails hold an erased address.
+
+    An erased address is the person's, whichever field carries it: the profile is not sent at
+    all (sending it without that address would still export the person). Other reasons (a
+    suppression) concern the address SendGrid mails, the primary one, and are not matched here.
+    """
+    schema = {"customer_id": pl.String, "_dne_alternate": pl.String}
+    if "alternate_emails" not in mapped.columns:
+        return pl.LazyFrame(schema=schema)
+    erased = by_email.filter(pl.col("_dne_email") == ERASED).select("email")
+    return (
+        mapped.lazy()
+        .select("customer_id", pl.col("alternate_emails").alias("email"))
+        .explode("email")
+        .join(erased, on="email", how="semi")
+        .select("customer_id", pl.lit(ERASED, pl.String).alias("_dne_alternate"))
+        .unique("customer_id")
+    )
+
+
 def destination_contacts(
     profiles: pl.DataFrame,
     membership: pl.DataFrame,
@@ -215,8 +237,9 @@ def destination_contacts(
             mapped.lazy()
             .join(by_email, on="email", how="left")
             .join(by_id, on="customer_id", how="left")
-            .with_columns(pl.coalesce("_dne_id", "_dne_email").alias("_dne"))
-            .drop("_dne_email", "_dne_id")
+            .join(_erased_by_alternate(mapped, by_email), on="customer_id", how="left")
+            .with_columns(pl.coalesce("_dne_id", "_dne_email", "_dne_alternate").alias("_dne"))
+            .drop("_dne_email", "_dne_id", "_dne_alternate")
             .collect()
         )
         excluded = matched.filter(pl.col("_dne").is_not_null())

@@ -67,3 +67,46 @@ def test_every_member_ends_in_one_place_and_no_blocked_one_is_accepted(rows) -> 
     assert not accepted & set(blocked["customer_id"].drop_nulls())
     assert not set(result.accepted["email"]) & set(blocked["email"].drop_nulls())
     assert result.accepted.height + result.rejected.height == result.profiles_in_segments
+
+
+ALTERNATES = ["ann.work@example.com", "ann@home.example", "x@y.io", "Bob.Alt@Example.com"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    others=st.lists(
+        st.one_of(st.none(), st.lists(st.sampled_from(ALTERNATES), max_size=3)),
+        min_size=3,
+        max_size=3,
+    ),
+    blocked=st.lists(
+        st.tuples(st.sampled_from(ALTERNATES), st.sampled_from(["erased", "suppressed"])),
+        max_size=4,
+    ),
+)
+def test_an_erased_address_among_alternate_emails_keeps_the_whole_profile_out(
+    others, blocked
+) -> None:
+    """Whichever field carries an erased address, the person is not sent; a suppression
+    concerns the address mailed (the primary one) and leaves the alternates alone."""
+    from sendgrid_pipeline.config import Segment
+    from sendgrid_pipeline_tests.test_field_mapping import RESERVED, _reserved_profiles
+
+    profiles = _reserved_profiles(["a", "b", "c"]).with_columns(
+        pl.Series("other_emails", [None if o is None else ";".join(o) for o in others])
+    )
+    membership = segment_membership(profiles, (Segment(id="s", name="S", rule="TRUE"),))
+    frame = _blocked([(email, None, reason) for email, reason in blocked])
+    result = destination_contacts(profiles, membership, RESERVED, frame)
+    erased = {e.lower() for e, reason in blocked if reason == "erased"}
+    for customer_id, alternates in zip(["C1", "C2", "C3"], others, strict=True):
+        carries_erased = bool({a.lower() for a in alternates or []} & erased)
+        reasons = set(result.rejected.filter(pl.col("customer_id") == customer_id)["reason"])
+        if carries_erased:
+            assert reasons == {"erased"}
+            assert customer_id not in set(result.accepted["customer_id"])
+        else:
+            assert "erased" not in reasons
+    sent = result.accepted["alternate_emails"].explode().drop_nulls()
+    assert not set(sent) & erased  # no erased address leaves, in any field
+    assert result.accepted.height + result.rejected.height == result.profiles_in_segments

@@ -92,7 +92,16 @@ class DestinationSync:
         blocked = self.blocked_emails().drop_nulls()
         if blocked.is_empty():
             return contacts
-        kept = contacts.join(blocked.unique().to_frame("email"), on="email", how="anti")
+        blocked = blocked.unique().to_frame("email")
+        kept = contacts.join(blocked, on="email", how="anti")
+        if "alternate_emails" in kept.columns:  # an erased address in any field is the person's
+            carrying = (
+                kept.select("email", pl.col("alternate_emails").alias("alternate"))
+                .explode("alternate")
+                .join(blocked, left_on="alternate", right_on="email", how="semi")
+                .select("email")
+            )
+            kept = kept.join(carrying, on="email", how="anti")
         if kept.height < contacts.height:
             self.log.warning(
                 "%s: %d contact(s) were recorded for erasure after this run built its contacts: "

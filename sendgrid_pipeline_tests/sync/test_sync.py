@@ -168,3 +168,33 @@ def test_reconcile_on_request_corrects_changed_fields(sandbox, state_at) -> None
     report = sync(sandbox, state_at, people("ann", "bob"), reconcile=True)
     assert report.plan.counts()["update"] == 1
     assert sandbox.contact("ann@example.com")["first_name"] == "Ann"
+
+
+def test_an_address_erased_after_the_contacts_were_built_blocks_them_in_any_field(
+    sandbox, state_at
+) -> None:
+    """The ledger is read again under the list's lock: a contact carrying a just-erased
+    address, as its email or among its alternate emails, is neither sent nor kept."""
+    import polars as pl
+
+    from sendgrid_pipeline.sync.apply import DestinationSync, SyncOptions
+    from sendgrid_pipeline_tests.sync.support import DESTINATION, log, open_store
+
+    contacts = people("ann", "bob", "cy").with_columns(
+        pl.Series(
+            "alternate_emails",
+            [["ann.work@example.com"], [], None],
+            dtype=pl.List(pl.String),
+        )
+    )
+    client = SendGridClient(sandbox.api_key, sandbox.base_url, poll_interval_seconds=0.01)
+    engine = DestinationSync(
+        client,
+        open_store(state_at),
+        DESTINATION,
+        log,
+        SyncOptions(),
+        blocked_emails=lambda: pl.Series(["ann.work@example.com", "cy@example.com"]),
+    )
+    engine.run(contacts)
+    assert on_list(sandbox) == {"bob@example.com"}
