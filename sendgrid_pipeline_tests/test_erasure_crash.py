@@ -12,8 +12,8 @@ At the end every requested person must be off every list and deleted from the ac
 nobody else touched, the ledger must say erased for each, the audit files must hold exactly
 one `erased` line per person (a killed audit write leaves only a hidden temporary file, never a
 partial .jsonl), no request file may stay waiting (the killed run's file is archived by a
-sensor tick once the ledger shows its people erased), and no upsert body the sandbox received after a person was recorded may
-carry their address.
+sensor tick once the ledger shows its people erased), and no upsert body the sandbox
+received after a person was recorded may carry their address.
 """
 
 from __future__ import annotations
